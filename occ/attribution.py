@@ -25,6 +25,9 @@ class Decision:
     scores: dict[str, float]  # calibrated score per source
     accepted: list[str]  # sources whose verifier accepts, best first
     thresholds: dict[str, float] = field(default_factory=dict)
+    # Raw verifier scores per source (logit margins): the calibrated scores are a monotone map of
+    # these, but saturate at 0 and 1, so ranking figures (ROC AUC of one source) use these.
+    raw: dict[str, float] = field(default_factory=dict)
 
 
 def load_verifiers(registry: Registry, backbone: Backbone, names: Sequence[str] | None = None,
@@ -86,7 +89,8 @@ class Attributor:
         for i, path in enumerate(paths):
             scores = {name: float(calibrated[name][i]) for name in self.verifiers}
             ok = sorted((n for n in self.verifiers if accepted[n][i]), key=lambda n: (-scores[n], n))
-            out.append(Decision(str(path), ok[0] if ok else None, scores, ok, thresholds))
+            out.append(Decision(str(path), ok[0] if ok else None, scores, ok, thresholds,
+                                {name: float(raw[name][i]) for name in self.verifiers}))
         return out
 
     def run(self, inputs: Iterable, on_error: Callable[[ImageError], None] | None = None) -> Iterator[Decision]:

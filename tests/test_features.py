@@ -213,6 +213,28 @@ def test_transformed_images_have_their_own_cache_entries(tiny_backbone, images, 
     assert counter.calls == [1], "another transform label must be another cache entry"
 
 
+class FailsOnWide(Flip):
+    """Fails (as a resize of a too-small image would) on images wider than tall."""
+
+    def apply(self, image):
+        if image.width > image.height:
+            raise ValueError("height and width must be > 0")
+        return super().apply(image)
+
+
+def test_a_transform_that_fails_on_one_image_is_that_files_error(tiny_backbone, tmp_path, root) -> None:
+    wide, tall = tmp_path / "wide.png", tmp_path / "tall.png"
+    Image.new("RGB", (80, 40), (200, 10, 10)).save(wide)
+    Image.new("RGB", (40, 80), (10, 200, 10)).save(tall)
+    errors = []
+    got = FeatureExtractor(tiny_backbone, cache_root=root).load([wide, tall], transform=FailsOnWide(),
+                                                                  on_error=errors.append)
+    assert [str(im.path) for im in got.images] == [str(tall)]
+    assert len(errors) == 1 and errors[0].path == str(wide)
+    assert "could not apply flip: height and width must be > 0" in str(errors[0])
+    assert "\n" not in str(errors[0])
+
+
 # --------------------------------------------------------------------------------------------------
 # Token blocks
 
