@@ -83,6 +83,13 @@ def rate(fn, n: int, repeat: int = 1) -> float:
     return n / best
 
 
+def default_blocks(backbone) -> tuple[int, ...]:
+    """The blocks whose patch keys/values the default verifier needs from the trunk."""
+    from occ.verifier import Verifier
+
+    return Verifier().kv_blocks(backbone)
+
+
 def part_trunk(report: dict) -> None:
     import numpy as np
     import onnxruntime as ort
@@ -102,7 +109,8 @@ def part_trunk(report: dict) -> None:
     bare = ort.InferenceSession(str(embedded_dir() / "clip_encoder.int8.onnx"), options,
                                 providers=["CPUExecutionProvider"])
     onnx_backbone.trunk(pixels[:1])  # session start-up is not throughput
-    out = {}
+    blocks = default_blocks(onnx_backbone)
+    out = {"kv_blocks": list(blocks)}
     for batch in (1, 16, 64):
         n = 64 if batch > 1 else 16
         x = pixels[:n]
@@ -113,11 +121,11 @@ def part_trunk(report: dict) -> None:
 
         def run_occ(x=x, batch=batch, backbone=onnx_backbone):
             for i in range(0, len(x), batch):
-                backbone.trunk(x[i:i + batch], (6, 7))
+                backbone.trunk(x[i:i + batch], blocks)
 
         def run_torch(x=x, batch=batch):
             for i in range(0, len(x), batch):
-                torch_backbone.trunk(x[i:i + batch], (6, 7))
+                torch_backbone.trunk(x[i:i + batch], blocks)
 
         out[f"batch_{batch}"] = {
             "bare_onnxruntime_int8": round(rate(run_bare, n), 2),
@@ -131,11 +139,11 @@ def part_trunk(report: dict) -> None:
     folder_pixels = [onnx_backbone.preprocess([load_image(p).image]) for p in folder_paths]
     decode_rate = len(folder_paths) / (time.perf_counter() - decode_start)
     bare_rate = rate(lambda: [bare.run(["image_embeds"], {"pixel_values": x.numpy()}) for x in folder_pixels], 500)
-    occ_rate = rate(lambda: [onnx_backbone.trunk(x, (6, 7)) for x in folder_pixels], 500)
+    occ_rate = rate(lambda: [onnx_backbone.trunk(x, blocks) for x in folder_pixels], 500)
     with tempfile.TemporaryDirectory() as tmp:
         extractor = FeatureExtractor(onnx_backbone, cache_root=tmp)
         start = time.perf_counter()
-        extractor.load(folder_paths, (6, 7))
+        extractor.load(folder_paths, blocks)
         end_to_end = 500 / (time.perf_counter() - start)
     out["folder_500"] = {"bare_onnxruntime_int8": round(bare_rate, 2), "occ_trunk": round(occ_rate, 2),
                          "ratio_occ_over_bare": round(occ_rate / bare_rate, 3),
@@ -153,14 +161,15 @@ def part_cache(report: dict) -> None:
     from occ.features import FeatureExtractor
 
     backbone = load_backbone()
+    blocks = default_blocks(backbone)
     paths = devset_images(500)
     with tempfile.TemporaryDirectory() as tmp:
         extractor = FeatureExtractor(backbone, cache_root=tmp)
         start = time.perf_counter()
-        extractor.load(paths, (6, 7))
+        extractor.load(paths, blocks)
         cold = time.perf_counter() - start
         start = time.perf_counter()
-        extractor.load(paths, (6, 7))
+        extractor.load(paths, blocks)
         warm = time.perf_counter() - start
         size = sum(f.stat().st_size for f in Path(tmp).rglob("*.safetensors"))
     report["cache"] = {"images": 500, "cold_s": round(cold, 2), "cached_s": round(warm, 2),

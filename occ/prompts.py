@@ -231,6 +231,34 @@ class VisualPrompts(nn.Module):
                                            mlp=i < last or self.readout_after == "block")
         return (cls[:, 0] - self.mu) / self.sigma
 
+    @property
+    def single_attention(self) -> bool:
+        """True when the prompts meet the CLS token in one block, read out right after its attention.
+        The CLS token's query and its attention over the patch tokens are then the same for every
+        source, so scoring can share them (:func:`cls_attention_stats`, :meth:`raw_from_stats`)."""
+        return len(self.blocks) == 1 and self.readout_after == "attention"
+
+    def raw_from_stats(self, cls_in: torch.Tensor, stats) -> torch.Tensor:
+        """Raw scores (N,) of :attr:`single_attention` prompts from the source-independent attention
+        statistics of :func:`cls_attention_stats`. The readout ``cls + out_proj(attention)`` meets only
+        the linear head, so the head is folded through ``out_proj`` onto each attention head's output:
+        per image and source, the P prompt keys are scored and mixed in and the rest is dot products,
+        nothing that grows with the number of patch tokens or needs a matrix product per image."""
+        q, m, z, u = stats
+        layer = self.backbone.block(self.first)
+        attn = layer.self_attn
+        h = layer.layer_norm1(self.prompt.unsqueeze(0))
+        k, v = _heads(attn.k_proj(h), attn)[0], _heads(attn.v_proj(h), attn)[0]  # (H, P, D/H)
+        w = self.weight / self.sigma  # the head on the un-standardised readout
+        w_heads = (attn.out_proj.weight.T @ w).view(attn.num_heads, attn.head_dim)  # (H, D/H)
+        s = torch.einsum("nhd,hpd->nhp", q, k)
+        top = torch.maximum(m, s.amax(-1))
+        shrink, e = (m - top).exp(), (s - top.unsqueeze(-1)).exp()
+        v_out = torch.einsum("hpd,hd->hp", v, w_heads)  # what each prompt's value adds to the score
+        numerator = shrink * torch.einsum("nhd,hd->nh", u, w_heads) + (e * v_out).sum(-1)
+        attended = (numerator / (shrink * z + e.sum(-1))).sum(-1)
+        return cls_in.float() @ w + attended + (attn.out_proj.bias - self.mu) @ w + self.bias
+
     def logits_from_features(self, feats: torch.Tensor) -> torch.Tensor:
         z = feats @ self.weight + self.bias
         return torch.stack([-z / 2, z / 2], dim=-1)
@@ -256,6 +284,23 @@ class VisualPrompts(nn.Module):
         model = LogisticRegression(C=1.0, class_weight="balanced", max_iter=5000).fit(standard, labels)
         self.weight.copy_(torch.from_numpy(model.coef_[0]).float())
         self.bias.fill_(float(model.intercept_[0]))
+
+
+@torch.no_grad()
+def cls_attention_stats(layer, cls_in: torch.Tensor, k_patch: torch.Tensor, v_patch: torch.Tensor):
+    """The frozen CLS token's attention over itself and the patch tokens in ``layer``, un-normalised:
+    (query, max score, sum of exp(score - max), exp-weighted sum of values), per head. Prompt tokens
+    added to that block change only the softmax's extra terms (see
+    :meth:`VisualPrompts.raw_from_stats`), so these are computed once per image for all sources."""
+    attn = layer.self_attn
+    h = layer.layer_norm1(cls_in.float().unsqueeze(1))
+    q = _heads(attn.q_proj(h), attn) * attn.scale  # (N, H, 1, D/H)
+    keys = torch.cat([k_patch, _heads(attn.k_proj(h), attn)], 2)
+    values = torch.cat([v_patch, _heads(attn.v_proj(h), attn)], 2)
+    s = q @ keys.transpose(-1, -2)
+    m = s.amax(-1, keepdim=True)
+    e = (s - m).exp()
+    return q[:, :, 0], m[:, :, 0, 0], e.sum(-1)[:, :, 0], (e @ values)[:, :, 0]  # (N,H,D/H), (N,H), (N,H), (N,H,D/H)
 
 
 def _heads(x: torch.Tensor, attn) -> torch.Tensor:

@@ -77,9 +77,10 @@ class Adapter:
     """What the loop needs from a head: its inputs, its logits, and (optionally) a pixel path.
 
     ``inputs`` is a list of tensors whose first dimension indexes images. ``logits(inputs)`` gives
-    (N, 2) logits [non-target, target]. ``pixel_inputs(pixels)`` maps normalised pixels to the same
-    inputs differentiably (only needed for pixel-space ADA); ``trunk_inputs(pixels)`` maps them
-    through the backbone's trunk engine, without gradients.
+    (N, 2) logits [non-target, target]; ``from_trunk`` makes the inputs from trunk features and ``raw``
+    scores them (a head may score faster there than through ``logits``). ``pixel_inputs(pixels)``
+    maps normalised pixels to the same inputs differentiably (only needed for pixel-space ADA);
+    ``trunk_inputs(pixels)`` maps them through the backbone's trunk engine, without gradients.
     """
 
     module: torch.nn.Module
@@ -92,6 +93,15 @@ class Adapter:
 
     def trunk_inputs(self, pixels: torch.Tensor) -> list[torch.Tensor]:
         raise NotImplementedError
+
+    def from_trunk(self, trunk, shared: dict | None = None) -> list[torch.Tensor]:
+        """The head's inputs from trunk features; ``shared`` caches work common to every source."""
+        raise NotImplementedError
+
+    def raw(self, trunk, shared: dict | None = None) -> torch.Tensor:
+        """Raw scores ``logit(target) - logit(non-target)`` of trunk features."""
+        logits = self.logits(self.from_trunk(trunk, shared))
+        return logits[:, 1] - logits[:, 0]
 
 
 def _rows(inputs: list[torch.Tensor], index: torch.Tensor) -> list[torch.Tensor]:

@@ -28,12 +28,12 @@ from occ.backbones.base import Backbone, Trunk, patch_keys_values
 from occ.calibration import DEFAULT_FAR, DEFAULT_TARGET_TPR, Calibration, check_far, check_tpr
 from occ.errors import RegistryError, UsageError
 from occ.probe import ProbeHead
-from occ.prompts import PromptTemplate, TextPrompts, VisualPrompts
+from occ.prompts import PromptTemplate, TextPrompts, VisualPrompts, cls_attention_stats
 from occ.training import Adapter, TrainSettings, train
 
 VERIFIER_FORMAT = "occ-verifier"
 KINDS = ("visual", "text", "probe")
-DEFAULT_TEMPLATES = {"visual": "visual-mid", "text": "occ-clip", "probe": None}
+DEFAULT_TEMPLATES = {"visual": "visual-mid-attn", "text": "occ-clip", "probe": None}
 DEFAULT_FOLDS = 3
 
 Progress = Callable[[str, int, int], None]
@@ -63,6 +63,18 @@ class _VisualAdapter(Adapter):
     def logits(self, inputs):
         kv = list(zip(inputs[1::2], inputs[2::2]))
         return self.module(inputs[0], kv)
+
+    def raw(self, trunk: Trunk, shared: dict | None = None) -> torch.Tensor:
+        head = self.module
+        if not head.single_attention:
+            return super().raw(trunk, shared)
+        # One block read out after its attention: share the CLS token's attention over the patches.
+        shared = {} if shared is None else shared
+        key = ("cls-attention", head.first)
+        if key not in shared:
+            k, v = self.from_trunk(trunk, shared)[1:3]
+            shared[key] = cls_attention_stats(self.backbone.block(head.first), trunk.cls[:, head.first], k, v)
+        return head.raw_from_stats(trunk.cls[:, head.first], shared[key])
 
     def pixel_inputs(self, pixels):
         hidden, _ = self.backbone.hidden_states(pixels)
@@ -209,8 +221,7 @@ class Verifier:
     @staticmethod
     def _raw(adapter, trunk: Trunk, shared: dict | None = None) -> np.ndarray:
         with torch.no_grad():
-            logits = adapter.logits(adapter.from_trunk(trunk, shared))
-        return (logits[:, 1] - logits[:, 0]).double().numpy()
+            return adapter.raw(trunk, shared).double().numpy()
 
     # -- scoring -------------------------------------------------------------------------------
 

@@ -343,7 +343,7 @@ def visual_fit(tiny_vision_backbone):
 
 def test_visual_blocks_from_the_template(tiny_vision_backbone, visual_fit) -> None:
     verifier, _, _ = visual_fit
-    # visual-mid: first block round(0.5 * 4) = 2, readout round(0.6667 * 4) = 3
+    # the default visual-mid-attn: first block round(0.5833 * 4) = 2, readout round(0.6667 * 4) = 3
     assert verifier.kv_blocks(tiny_vision_backbone) == (2,)
     assert (verifier.head_.first, verifier.head_.readout) == (2, 3)
 
@@ -360,8 +360,8 @@ def test_visual_save_and_reload_gives_identical_scores(tiny_vision_backbone, vis
     verifier, data, _ = visual_fit
     tensors, meta = verifier.to_saved()
     assert set(tensors) == {"prompt", "weight", "bias", "mu", "sigma"}
-    assert tensors["prompt"].shape == (2, tiny_clip.WIDTH)
-    assert sum(t.numel() for t in tensors.values()) == (2 + 1 + 1 + 1) * tiny_clip.WIDTH + 1
+    assert tensors["prompt"].shape == (4, tiny_clip.WIDTH)  # visual-mid-attn: 4 prompt tokens
+    assert sum(t.numel() for t in tensors.values()) == (4 + 1 + 1 + 1) * tiny_clip.WIDTH + 1
     again = Verifier.from_saved(tiny_vision_backbone, st_load(st_save(tensors)), meta)
     for trunk in (data.held_pos, data.held_neg):
         assert np.array_equal(again.decision_function(trunk), verifier.decision_function(trunk))

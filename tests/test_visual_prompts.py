@@ -123,3 +123,34 @@ def test_probe_verifier_picks_a_block_and_reloads(tiny_vision_backbone) -> None:
     again = Verifier.from_saved(tiny_vision_backbone, tensors, meta)
     assert np.array_equal(again.decision_function(pos), verifier.decision_function(pos))
     assert verifier.kv_blocks(tiny_vision_backbone) == ()
+
+
+def test_single_attention_prompts_score_from_shared_statistics(tiny_vision_backbone, hidden) -> None:
+    # Prompts that meet the CLS token in one block read out after its attention are scored from the
+    # CLS token's attention statistics, shared by every source: same scores as the full path, and the
+    # statistics are computed once per batch for all verifiers.
+    from occ.backbones.base import Trunk
+    from occ.verifier import _VisualAdapter
+
+    template = PromptTemplate.load("visual-mid-attn")
+    heads = []
+    for seed in (1, 2):
+        head = VisualPrompts(tiny_vision_backbone, template, torch.Generator().manual_seed(seed))
+        assert head.single_attention
+        with torch.no_grad():
+            head.prompt.mul_(40.0)  # large prompt scores exercise the softmax's rescaling
+            head.weight.normal_(generator=torch.Generator().manual_seed(seed))
+            head.mu.normal_()
+        heads.append(head)
+    b = heads[0].first
+    kv = {b: patch_keys_values(tiny_vision_backbone.block(b), hidden[b]).half()}
+    trunk = Trunk(torch.stack(hidden, 1)[:, :, 0], torch.zeros(3, 4), kv)
+    shared: dict = {}
+    for head in heads:
+        adapter = _VisualAdapter(head, tiny_vision_backbone)
+        fast = adapter.raw(trunk, shared)
+        with torch.no_grad():
+            logits = adapter.logits(adapter.from_trunk(trunk))
+        torch.testing.assert_close(fast, logits[:, 1] - logits[:, 0], rtol=1e-4, atol=1e-4)
+    assert [k for k in shared if k[0] == "cls-attention"] == [("cls-attention", b)]
+    assert not VisualPrompts(tiny_vision_backbone, PromptTemplate.load("visual-mid")).single_attention
