@@ -189,8 +189,10 @@ def enroll(
                                                "(OCC-CLIP with a text tower). Default: text when the backbone "
                                                "has a text tower, else visual.")] = None,
     template: Annotated[str | None, typer.Option("--template", help="Prompt template name or JSON file.")] = None,
-    adversarial: Annotated[str, typer.Option("--adversarial", help="Adversarial augmentation of negatives: "
-                                             "feature, pixel (OCC-CLIP, slow on CPU) or none.")] = "feature",
+    adversarial: Annotated[str | None, typer.Option(
+        "--adversarial", help="Adversarial augmentation of negatives: none (default: on the devset neither "
+        "variant beat it), feature (FGSM on the features the verifier reads) or pixel (OCC-CLIP's FGSM "
+        "on the pixels; slow on a CPU).")] = None,
     steps: Annotated[int | None, typer.Option("--steps", help="Training steps per model.")] = None,
     no_bank: Annotated[bool, typer.Option("--no-default-negatives", help="Do not use the shipped bank of real "
                                           "photos as negatives.")] = False,
@@ -218,7 +220,7 @@ def enroll(
         spec = str(Path(spec).expanduser().resolve())
     bb = _backbone(spec)
     kind = kind or ("text" if bb.has_text else "visual")
-    settings = {"seed": seed, "adversarial": adversarial}
+    settings = {"seed": seed} if adversarial is None else {"seed": seed, "adversarial": adversarial}
     if steps is not None:
         settings["steps"] = steps
     verifier = Verifier(kind=kind, template=template, settings=TrainSettings(**settings), far=far, target_tpr=tpr)
@@ -242,7 +244,8 @@ def enroll(
     if kind == "probe":
         described = f"logistic probe on the CLS token of block {int(result.verifier.head_.block)}, seed {seed}"
     else:
-        described = (f"{kind} prompts, template {result.verifier.template_.name}, adversarial {adversarial}, "
+        adv = result.verifier.settings.adversarial
+        described = (f"{kind} prompts, template {result.verifier.template_.name}, adversarial {adv}, "
                      f"loss {loss}{' + SAM' if sam else ''}, seed {seed}")
     table.add_row("verifier", described)
     table.add_row("threshold", f"{_fmt(result.verifier.threshold)} (calibrated score): held-out FAR <= {far:g}, "
