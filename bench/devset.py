@@ -171,6 +171,8 @@ def main() -> None:
     print(f"backbone {backbone.fingerprint}; verifier {template_verifier.template} {template_verifier.settings}",
           flush=True)
     bank = extractor.load(bank_paths(), blocks)
+    # pixel-space ADA perturbs the negatives' pixels (the bank's, decoded once)
+    bank_pixels = extractor.pixels(bank.images) if template_verifier.settings.adversarial == "pixel" else None
 
     results = []
     for view in args.views:
@@ -192,7 +194,7 @@ def main() -> None:
                              "n_train": len(train), "n_test_pos": npos, "n_test_neg": len(test_neg)}
                     verifier = template_verifier.with_settings(seed=seed)
                     t1 = time.perf_counter()
-                    verifier.fit(backbone, features.trunk.select(train), bank.trunk)
+                    verifier.fit(backbone, features.trunk.select(train), bank.trunk, neg_pixels=bank_pixels)
                     entry["fit_seconds"] = round(time.perf_counter() - t1, 2)
                     raw = np.concatenate([verifier.decision_function(features.trunk.select(test[i:i + 256]))
                                           for i in range(0, len(test), 256)])
