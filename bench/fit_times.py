@@ -1,0 +1,50 @@
+"""Fit seconds per verifier for each method, measured alone (issue: the seeds' other methods).
+
+One target (sdcheat-sd15), normalised view, seed 0, K = 5, 10, 25, the default negative bank (261
+photos), features already cached: the training cost of each method without what else runs on the
+machine (the fit times inside the devset runs depend on that).
+
+    python bench/fit_times.py     # writes bench/results/fit_times.json
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import devset as D  # noqa: E402
+
+
+def main() -> None:
+    from occ.backbones import load_backbone
+    from occ.features import FeatureExtractor
+    from occ.negatives import bank_paths
+    from occ.verifier import Verifier
+
+    backbone = load_backbone()
+    extractor = FeatureExtractor(backbone)
+    rows = D.manifest(D.DEVSET)
+    methods = {"prompt": Verifier(), "cvar-auc": Verifier().with_settings(loss="cvar-auc"),
+               "sam": Verifier().with_settings(sam=True), "probe": Verifier(kind="probe")}
+    blocks = Verifier().kv_blocks(backbone)
+    bank = extractor.load(bank_paths(), blocks).trunk
+    features = extractor.load(D.view_paths(rows, D.DEVSET, "normalised"), blocks).trunk
+    seconds = {}
+    for shots in (5, 10, 25):
+        train, _, _ = D.split(rows, "sdcheat-sd15", shots, 0)
+        for name, verifier in methods.items():
+            start = time.perf_counter()
+            verifier.with_settings(seed=0).fit(backbone, features.select(list(train)), bank)
+            seconds[f"{name} K={shots}"] = round(time.perf_counter() - start, 2)
+            print(name, shots, seconds[f"{name} K={shots}"], flush=True)
+    out = Path(__file__).resolve().parent / "results" / "fit_times.json"
+    what = __doc__.split("\n\n")[1].replace("\n", " ")
+    out.write_text(json.dumps({"what": what, "command": "python bench/fit_times.py", "target": "sdcheat-sd15",
+                               "seconds": seconds}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
