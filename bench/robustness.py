@@ -1,7 +1,7 @@
 """Robustness battery for the ``occ`` command line (issue 5).
 
 Runs bad inputs and faults against the CLI on a tiny random CLIP built in a temporary folder (with
-``tests/tiny_clip.py`` when the tests are there, else a tiny image tower made here), and counts how many
+``tests/tiny_clip.py``; odd files come from ``tests/imagegen.py``), and counts how many
 cases were *handled as documented*:
 
 * a bad input file: exit code 1, exactly one error naming the file (one JSON object ``{"path", "error"}``
@@ -25,7 +25,6 @@ Prints a JSON summary (and writes it with ``--out``); exits 1 if any case was no
 from __future__ import annotations
 
 import argparse
-import contextlib
 import errno
 import hashlib
 import io
@@ -50,6 +49,12 @@ import numpy as np
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
+# The tiny CLIP and the byte-level builders of odd files are the test suite's, so both use one set.
+sys.path.insert(0, str(ROOT / "tests"))
+import tiny_clip  # noqa: E402
+from imagegen import encode, exif_orientation, gif_bomb, jpeg_with_size, pattern_array, png_chunk, webp_bomb  # noqa: E402
+
+sys.path.remove(str(ROOT / "tests"))
 STEPS = "5"
 
 
@@ -57,68 +62,21 @@ STEPS = "5"
 
 
 def build_backbone(folder: Path) -> tuple[Path, Callable, Callable, str]:
-    """A tiny CLIP folder, two image families (target-like, other) and a label saying which tiny CLIP.
-    Uses tests/tiny_clip.py when it is there."""
-    try:
-        sys.path.insert(0, str(ROOT / "tests"))
-        import tiny_clip
-
-        return (tiny_clip.build_tiny_clip(folder, seed=0), tiny_clip.noise_image, tiny_clip.gradient_image,
-                "tiny random CLIP with text tower (tests/tiny_clip.py)")
-    except ImportError:
-        pass
-    finally:
-        with contextlib.suppress(ValueError):
-            sys.path.remove(str(ROOT / "tests"))
-    import torch
-    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
-
-    folder.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(0)
-    config = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=2,
-                              image_size=32, patch_size=8, projection_dim=16, hidden_act="quick_gelu")
-    CLIPVisionModelWithProjection(config).eval().save_pretrained(folder, safe_serialization=True)
-    (folder / "preprocessor_config.json").write_text(json.dumps({
-        "image_processor_type": "CLIPImageProcessor", "do_resize": True, "size": {"shortest_edge": 32},
-        "resample": 3, "do_center_crop": True, "crop_size": {"height": 32, "width": 32}, "do_normalize": True,
-        "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711],
-        "do_convert_rgb": True}))
-
-    def noise(seed: int) -> Image.Image:
-        rng = np.random.default_rng(10_000 + seed)
-        base = np.array([200, 90, 60]) + rng.uniform(-30, 30, 3)
-        return Image.fromarray((base + rng.normal(0, 50, (40, 48, 3))).clip(0, 255).astype(np.uint8))
-
-    def gradient(seed: int) -> Image.Image:
-        rng = np.random.default_rng(seed)
-        t = np.linspace(0, 1, 48)[None, :, None] * np.ones((40, 1, 1))
-        c0, c1 = np.array([40, 90, 200]) + rng.uniform(-30, 30, 3), np.array([80, 160, 230])
-        return Image.fromarray((c0 * (1 - t) + c1 * t).clip(0, 255).astype(np.uint8))
-
-    return folder, noise, gradient, "tiny random CLIP image tower (built by bench/robustness.py)"
+    """A tiny CLIP folder, two image families (target-like, other) and a label saying which tiny CLIP."""
+    return (tiny_clip.build_tiny_clip(folder, seed=0), tiny_clip.noise_image, tiny_clip.gradient_image,
+            "tiny random CLIP with text tower (tests/tiny_clip.py)")
 
 
 # ----------------------------------------------------------------------------------------- files
 
 
-def encode(image: Image.Image, fmt: str, **params) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, fmt, **params)
-    return buffer.getvalue()
+def jpeg_sized(width: int, height: int) -> bytes:
+    return jpeg_with_size(encode(Image.fromarray(pattern()), "JPEG", quality=90), width, height)
+
 
 
 def pattern(width: int = 64, height: int = 48, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    ys, xs = np.mgrid[0:height, 0:width]
-    out = np.empty((height, width, 3), dtype=np.uint8)
-    out[..., 0] = (xs * 255) // max(1, width - 1)
-    out[..., 1] = (ys * 255) // max(1, height - 1)
-    out[..., 2] = rng.integers(0, 256, size=(height, width), dtype=np.uint8)
-    return out
-
-
-def png_chunk(kind: bytes, payload: bytes) -> bytes:
-    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+    return pattern_array(width, height, seed)
 
 
 def png_raw(width: int, height: int, depth: int, colour: int, rows: bytes) -> bytes:
@@ -132,29 +90,6 @@ def png16(values: np.ndarray) -> bytes:
     big = values.astype(">u2")
     return png_raw(values.shape[1], values.shape[0], 16, colour,
                    b"".join(b"\x00" + big[y].tobytes() for y in range(values.shape[0])))
-
-
-def gif_bomb(width: int, height: int) -> bytes:
-    header = b"GIF89a" + struct.pack("<HHBBB", width, height, 0x80, 0, 0) + b"\x00\x00\x00\xff\xff\xff"
-    return header + b"\x2c" + struct.pack("<HHHHB", 0, 0, width, height, 0) + b"\x02\x02\x44\x01\x00\x3b"
-
-
-def webp_bomb(width: int, height: int) -> bytes:
-    vp8x = struct.pack("<I", 0) + (width - 1).to_bytes(3, "little") + (height - 1).to_bytes(3, "little")
-    chunk = b"VP8X" + struct.pack("<I", len(vp8x)) + vp8x
-    return b"RIFF" + struct.pack("<I", 4 + len(chunk)) + b"WEBP" + chunk
-
-
-def jpeg_sized(width: int, height: int) -> bytes:
-    data = encode(Image.fromarray(pattern()), "JPEG", quality=90)
-    at = data.index(b"\xff\xc0")
-    return data[: at + 5] + struct.pack(">HH", height, width) + data[at + 9:]
-
-
-def exif(orientation: int) -> bytes:
-    tags = Image.Exif()
-    tags[0x0112] = orientation
-    return tags.tobytes()
 
 
 def animated(fmt: str) -> bytes:
@@ -398,7 +333,8 @@ class Battery:
         for orientation, pixels in stored.items():
             def check(orientation=orientation, pixels=pixels) -> str | None:
                 path = folder / f"exif{orientation}.png"
-                path.write_bytes(encode(Image.fromarray(np.ascontiguousarray(pixels)), "PNG", exif=exif(orientation)))
+                image = Image.fromarray(np.ascontiguousarray(pixels))
+                path.write_bytes(encode(image, "PNG", exif=exif_orientation(orientation)))
                 code, stdout, _ = self.cli("verify", reference, path, "--source", "a", "--registry", self.reg,
                                            "--json")
                 rows = self.rows(stdout)
