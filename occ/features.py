@@ -22,7 +22,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from occ.backbones.base import Backbone, Trunk
+from occ.backbones.base import Backbone, Trunk, empty_trunk
 from occ.errors import ImageError
 from occ.images import ImageFile, decode_image, iter_paths, load_image, read_image_file
 from occ.paths import cache_dir
@@ -227,12 +227,3 @@ class FeatureExtractor:
     def pixels(self, images: Sequence[ImageRef]) -> torch.Tensor:
         """Preprocessed pixels of images (read and decoded again), for pixel-space augmentation."""
         return self.backbone.preprocess([load_image(im.path).image for im in images])
-
-
-def empty_trunk(backbone: Backbone, blocks: tuple[int, ...]) -> Trunk:
-    d = backbone.hidden_size
-    return Trunk(
-        torch.zeros(0, backbone.num_layers + 1, d),
-        torch.zeros(0, backbone.projection_dim),
-        {b: torch.zeros(0, 2, backbone.num_patches, d, dtype=torch.float16) for b in blocks},
-    )

@@ -17,7 +17,8 @@ CV_FOLDS = 3
 C = 1.0
 
 
-def _fit_logistic(x: np.ndarray, y: np.ndarray):
+def fit_balanced_logistic(x: np.ndarray, y: np.ndarray):
+    """Class-balanced L2 logistic regression (C = 1): the probe, and the visual prompts' starting head."""
     from sklearn.linear_model import LogisticRegression
 
     return LogisticRegression(C=C, class_weight="balanced", max_iter=5000).fit(x, y)
@@ -41,7 +42,7 @@ def pick_block(cls: np.ndarray, y: np.ndarray, blocks, seed: int) -> int:
         scores = np.zeros(len(y))
         for train, test in splits:
             x, mu, sigma = _standardise(cls[train, block])
-            scores[test] = _fit_logistic(x, y[train]).decision_function((cls[test, block] - mu) / sigma)
+            scores[test] = fit_balanced_logistic(x, y[train]).decision_function((cls[test, block] - mu) / sigma)
         auc = roc_auc(scores[y == 1], scores[y == 0])
         if auc > best_auc:
             best, best_auc = block, auc
@@ -67,7 +68,7 @@ class ProbeHead(nn.Module):
         y = np.r_[np.ones(len(pos_cls)), np.zeros(len(neg_cls))]
         block = pick_block(cls, y, list(range(1, self.num_layers)), seed)
         x, mu, sigma = _standardise(cls[:, block])
-        model = _fit_logistic(x, y)
+        model = fit_balanced_logistic(x, y)
         self.block.fill_(block)
         self.mu.copy_(torch.from_numpy(mu))
         self.sigma.copy_(torch.from_numpy(sigma))

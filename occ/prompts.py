@@ -272,7 +272,7 @@ class VisualPrompts(nn.Module):
         """Data-dependent start: prompts near the mean incoming CLS token (plus the seeded noise drawn
         at construction, scaled per coordinate), features standardised with the training set's
         statistics, head = balanced L2 logistic regression on the standardised initial readouts."""
-        from sklearn.linear_model import LogisticRegression
+        from occ.probe import fit_balanced_logistic
 
         cls_in = torch.cat([pos_cls, neg_cls]).float()
         self.prompt.copy_(cls_in.mean(0) + self.prompt * cls_in.std(0))
@@ -281,7 +281,7 @@ class VisualPrompts(nn.Module):
         self.sigma.copy_(feats.std(0).clamp_min(1e-6))
         standard = ((feats - self.mu) / self.sigma).double().numpy()
         labels = np.r_[np.ones(pos_cls.shape[0]), np.zeros(neg_cls.shape[0])]
-        model = LogisticRegression(C=1.0, class_weight="balanced", max_iter=5000).fit(standard, labels)
+        model = fit_balanced_logistic(standard, labels)
         self.weight.copy_(torch.from_numpy(model.coef_[0]).float())
         self.bias.fill_(float(model.intercept_[0]))
 

@@ -194,6 +194,16 @@ class Backbone:
         }
 
 
+def empty_trunk(backbone: Backbone, blocks: Sequence[int]) -> Trunk:
+    """A trunk output of no images, with the shapes ``backbone`` gives (keys/values for ``blocks``)."""
+    d = backbone.hidden_size
+    return Trunk(
+        torch.zeros(0, backbone.num_layers + 1, d),
+        torch.zeros(0, backbone.projection_dim),
+        {b: torch.zeros(0, 2, backbone.num_patches, d, dtype=torch.float16) for b in blocks},
+    )
+
+
 def patch_keys_values(layer: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     """(N, 2, T-1, D): keys and values of the patch tokens of ``hidden`` (N, T, D) in ``layer``."""
     x = layer.layer_norm1(hidden[:, 1:])

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from occ.backbones.base import Backbone, Preprocessing, Trunk, freeze, torch_trunk
+from occ.backbones.base import Backbone, Preprocessing, Trunk, empty_trunk, freeze, torch_trunk
 from occ.backbones.blocks import TowerConfig, load_block
 from occ.errors import BackboneError
 from occ.paths import cache_dir
@@ -316,9 +316,7 @@ class EmbeddedBackbone(Backbone):
         # features a function of the image alone, as the content-keyed feature cache assumes.
         n = pixel_values.shape[0]
         if n == 0:
-            d = self.hidden_size
-            return Trunk(torch.zeros(0, self.num_layers + 1, d), torch.zeros(0, self.projection_dim),
-                         {b: torch.zeros(0, 2, self.num_patches, d, dtype=torch.float16) for b in blocks})
+            return empty_trunk(self, blocks)
         return Trunk.concat([self._onnx_trunk(pixel_values[i:i + 1], blocks) for i in range(n)])
 
     def _onnx_trunk(self, pixel_values, blocks):
