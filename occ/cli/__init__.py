@@ -1,0 +1,35 @@
+"""The ``occ`` command line: a thin layer over the Python API (:mod:`occ.enrollment`,
+:mod:`occ.attribution`, :mod:`occ.registry`). Heavy imports (torch, transformers) happen inside the
+commands that need them, so ``occ --help`` and ``occ sources`` start fast.
+
+Exit codes: 0 every input processed; 1 some inputs failed (the rest were processed) or a stored
+verifier/backbone could not be used; 2 usage errors (unknown source, empty registry, bad option).
+"""
+
+from __future__ import annotations
+
+import typer
+
+from occ.cli import backbone, enroll, evaluate, score, share, sources
+from occ.cli.common import SCORES_HELP
+
+app = typer.Typer(
+    name="occ",
+    help="Which generator made this image? Enroll a source from a few examples, then verify and attribute. "
+    + SCORES_HELP,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.command("enroll")(enroll.enroll)
+app.command("verify")(score.verify)
+app.command("attribute")(score.attribute)
+app.command("eval")(evaluate.eval_cmd)
+app.add_typer(sources.sources_app, name="sources")
+app.command("export")(share.export_cmd)
+app.command("import")(share.import_cmd)
+app.command("backbone")(backbone.backbone_cmd)
+
+
+def main() -> None:
+    app()

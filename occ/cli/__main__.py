@@ -1,0 +1,5 @@
+"""``python -m occ.cli``."""
+
+from occ.cli import main
+
+main()

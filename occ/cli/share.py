@@ -1,0 +1,31 @@
+"""``occ export`` and ``occ import``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from occ.cli.common import RegistryOpt, err, handle_errors, open_registry
+
+
+@handle_errors
+def export_cmd(name: str, file: Path,
+               replace: Annotated[bool, typer.Option("--replace", help="Overwrite an existing file.")] = False,
+               registry: RegistryOpt = None) -> None:
+    """Write one source to a single file that `occ import` checks before it writes anything."""
+    path = open_registry(registry).export(name, file, replace=replace)
+    err.print(f"exported '{name}' to {path}", markup=False)
+
+
+@handle_errors
+def import_cmd(
+    file: Path,
+    as_name: Annotated[str | None, typer.Option("--as", help="Store under another name.")] = None,
+    replace: Annotated[bool, typer.Option("--replace", help="Replace an existing source of that name.")] = False,
+    registry: RegistryOpt = None,
+) -> None:
+    """Add a source from a file made by `occ export` (validated first; a bad file writes nothing)."""
+    record = open_registry(registry).import_file(file, as_name=as_name, replace=replace)
+    err.print(f"imported '{record.name}'")
