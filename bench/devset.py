@@ -22,8 +22,6 @@ Reports ROC AUC per source and, for the verifier, TPR / false-accept rate at its
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import platform
 import sys
@@ -33,62 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-DEVSET = ROOT.parent / "shared" / "data" / "devset"
-WORK = ROOT / "bench" / "work"
-MIN_IMAGES = 40
-
-
-def manifest(devset: Path) -> list[dict]:
-    with open(devset / "manifest.csv") as f:
-        return list(csv.DictReader(f))
-
-
-def normalise_bytes(path: Path) -> bytes:
-    from PIL import Image
-
-    from occ.images import load_image
-
-    image = load_image(path).image
-    w, h = image.size
-    image = image.crop((0, 0, w, h - int(round(h * 0.03))))
-    w, h = image.size
-    scale = 256 / min(w, h)
-    image = image.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BICUBIC)
-    buf = io.BytesIO()
-    image.save(buf, "PNG")
-    return buf.getvalue()
-
-
-def view_paths(rows: list[dict], devset: Path, view: str) -> list[Path]:
-    if view == "native":
-        return [devset / r["path"] for r in rows]
-    out = []
-    for r in rows:
-        dest = WORK / "normalised" / (r["path"].rsplit(".", 1)[0] + ".png")
-        if not dest.exists():
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dest.with_suffix(".tmp")
-            tmp.write_bytes(normalise_bytes(devset / r["path"]))
-            tmp.replace(dest)
-        out.append(dest)
-    return out
-
-
-def split(rows: list[dict], target: str, shots: int, seed: int):
-    """(train positive idx, test positive idx, test negative idx) for one target and seed."""
-    rng = np.random.default_rng(seed)
-    labels = np.array([r["label"] for r in rows])
-    groups = np.array([r["group"] for r in rows])
-    target_groups = np.unique(groups[labels == target])
-    rng.shuffle(target_groups)
-    train_groups = set(target_groups[: len(target_groups) // 2])
-    pos = np.where(labels == target)[0]
-    train = np.array([i for i in pos if groups[i] in train_groups])
-    test = np.array([i for i in pos if groups[i] not in train_groups])
-    train = rng.choice(train, size=min(shots, len(train)), replace=False)
-    negatives = np.where(labels != target)[0]
-    return np.sort(train), test, negatives
+from occ.testing.devset import DEVSET, MIN_IMAGES, manifest, split, view_paths
 
 
 def logistic_scores(x_train, y_train, x_test, c=1.0):
@@ -147,6 +90,7 @@ def main() -> None:
     import torch
 
     from occ.backbones import load_backbone
+    from occ.config import VerifierConfig
     from occ.features import FeatureExtractor
     from occ.metrics import rates_at_threshold, roc_auc
     from occ.negatives import bank_paths
@@ -165,14 +109,16 @@ def main() -> None:
                                  "batch_size": args.batch_size, "sam": args.sam or None}.items() if v is not None}
     if args.eps is not None:
         changes["eps"] = args.eps if args.eps == "mixed" else float(args.eps)
-    kind = "probe" if args.method == "probe" else "visual"
-    template_verifier = Verifier(kind=kind, template=args.template).with_settings(**changes)
-    blocks = template_verifier.kv_blocks(backbone)
-    print(f"backbone {backbone.fingerprint}; verifier {template_verifier.template} {template_verifier.settings}",
-          flush=True)
+    # The image-only benchmark runs visual prompts (or the probe): the same config `occ enroll` builds
+    # from --method/--kind/--template/--loss/--sam/--adversarial/--steps.
+    config = VerifierConfig.from_options(method=args.method, kind="visual" if args.method == "prompt" else None,
+                                         template=args.template, **changes)
+    blocks = Verifier(config).kv_blocks(backbone)
+    template_name = config.template.name if config.template else None
+    print(f"backbone {backbone.fingerprint}; verifier {template_name} {config.settings}", flush=True)
     bank = extractor.load(bank_paths(), blocks)
     # pixel-space ADA perturbs the negatives' pixels (the bank's, decoded once)
-    bank_pixels = extractor.pixels(bank.images) if template_verifier.settings.adversarial == "pixel" else None
+    bank_pixels = extractor.pixels(bank.images) if config.settings.adversarial == "pixel" else None
 
     results = []
     for view in args.views:
@@ -192,7 +138,7 @@ def main() -> None:
                     npos = len(test_pos)
                     entry = {"view": view, "target": target, "shots": shots, "seed": seed,
                              "n_train": len(train), "n_test_pos": npos, "n_test_neg": len(test_neg)}
-                    verifier = template_verifier.with_settings(seed=seed)
+                    verifier = Verifier(config.with_settings(seed=seed))
                     t1 = time.perf_counter()
                     verifier.fit(backbone, features.trunk.select(train), bank.trunk, neg_pixels=bank_pixels)
                     entry["fit_seconds"] = round(time.perf_counter() - t1, 2)
@@ -223,8 +169,7 @@ def main() -> None:
             "machine": {"platform": platform.platform(), "processor": platform.processor(),
                         "torch_threads": torch.get_num_threads()},
             "backbone": backbone.fingerprint,
-            "verifier": {"kind": template_verifier.kind, "template": template_verifier.template,
-                         "settings": template_verifier.settings.to_dict()},
+            "verifier": {"kind": config.kind, "template": template_name, "settings": config.settings.to_dict()},
             "summary": summary,
             "runs": results,
         }

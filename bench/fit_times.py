@@ -9,17 +9,18 @@ machine (the fit times inside the devset runs depend on that).
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import devset as D  # noqa: E402
+from occ.testing import devset as D
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()  # no options; -h says what it does
     from occ.backbones import load_backbone
+    from occ.config import VerifierConfig
     from occ.features import FeatureExtractor
     from occ.negatives import bank_paths
     from occ.verifier import Verifier
@@ -27,17 +28,17 @@ def main() -> None:
     backbone = load_backbone()
     extractor = FeatureExtractor(backbone)
     rows = D.manifest(D.DEVSET)
-    methods = {"prompt": Verifier(), "cvar-auc": Verifier().with_settings(loss="cvar-auc"),
-               "sam": Verifier().with_settings(sam=True), "probe": Verifier(kind="probe")}
+    methods = {"prompt": VerifierConfig(), "cvar-auc": VerifierConfig().with_settings(loss="cvar-auc"),
+               "sam": VerifierConfig().with_settings(sam=True), "probe": VerifierConfig(kind="probe")}
     blocks = Verifier().kv_blocks(backbone)
     bank = extractor.load(bank_paths(), blocks).trunk
     features = extractor.load(D.view_paths(rows, D.DEVSET, "normalised"), blocks).trunk
     seconds = {}
     for shots in (5, 10, 25):
         train, _, _ = D.split(rows, "sdcheat-sd15", shots, 0)
-        for name, verifier in methods.items():
+        for name, config in methods.items():
             start = time.perf_counter()
-            verifier.with_settings(seed=0).fit(backbone, features.select(list(train)), bank)
+            Verifier(config.with_settings(seed=0)).fit(backbone, features.select(list(train)), bank)
             seconds[f"{name} K={shots}"] = round(time.perf_counter() - start, 2)
             print(name, shots, seconds[f"{name} K={shots}"], flush=True)
     out = Path(__file__).resolve().parent / "results" / "fit_times.json"

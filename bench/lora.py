@@ -25,8 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import devset as D  # noqa: E402
+from occ.testing import devset as D
 
 TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
 
@@ -70,20 +69,18 @@ def lora_head_class():
 
 
 def fit_and_score(head, backbone, pos, neg, test, settings):
-    from occ.training import train
-    from occ.verifier import _VisualAdapter
+    """The verifiers' own fit (:meth:`occ.heads.PromptHead.fit`: initialisation + training loop), timed;
+    then raw scores through the logits (the adapted blocks), never a shortcut that skips them."""
+    from occ.heads import TrunkBatch
 
-    adapter = _VisualAdapter(head, backbone)
-    pos_in, neg_in = adapter.from_trunk(pos), adapter.from_trunk(neg)
-    head.initialise(pos_in[0], neg_in[0], list(zip(pos_in[1::2], pos_in[2::2])),
-                    list(zip(neg_in[1::2], neg_in[2::2])))
     start = time.perf_counter()
-    train(adapter, pos_in, neg_in, settings)
+    head.fit(TrunkBatch(pos, backbone), TrunkBatch(neg, backbone), settings)
     seconds = time.perf_counter() - start
     with torch.no_grad():
         raw = []
         for i in range(0, len(test), 256):
-            logits = adapter.logits(adapter.from_trunk(test.select(list(range(i, min(i + 256, len(test)))))))
+            batch = TrunkBatch(test.select(list(range(i, min(i + 256, len(test))))), backbone)
+            logits = head.logits(head.inputs(batch))
             raw.append((logits[:, 1] - logits[:, 0]).numpy())
     return np.concatenate(raw), seconds
 

@@ -31,8 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import devset as D  # noqa: E402
+from occ.testing import devset as D
 
 METHODS = {
     "prompt": {"kind": "visual", "settings": {}},
@@ -56,6 +55,7 @@ def main() -> None:
     from occ.attribution import Attributor
     from occ.backbones import load_backbone
     from occ.backbones.base import Trunk
+    from occ.config import VerifierConfig
     from occ.features import FeatureExtractor
     from occ.metrics import closed_set_accuracy, open_set_summary
     from occ.negatives import bank_paths
@@ -90,14 +90,14 @@ def main() -> None:
                 truth = [labels[i] if labels[i] in known else "unknown" for i in test]
                 for method in args.methods:
                     spec = METHODS[method]
-                    settings = dict(spec["settings"], seed=split)
-                    if args.steps:
-                        settings["steps"] = args.steps
+                    config = VerifierConfig(kind=spec["kind"]).with_settings(**spec["settings"], seed=split)
+                    if args.steps and config.head_class.trains:
+                        config = config.with_settings(steps=args.steps)
                     verifiers, fit_seconds = {}, []
                     for label in known:
                         others = [trunk.select(shots[o]) for o in known if o != label]
                         negatives = Trunk.concat([bank] + others)
-                        verifier = Verifier(kind=spec["kind"]).with_settings(**settings)
+                        verifier = Verifier(config)
                         start = time.perf_counter()
                         verifier.fit(backbone, trunk.select(shots[label]), negatives)
                         fit_seconds.append(time.perf_counter() - start)

@@ -34,15 +34,16 @@ import tempfile
 import time
 from pathlib import Path
 
+from occ.testing import devset as D
+
 ROOT = Path(__file__).resolve().parent.parent
-DEVSET = ROOT.parent / "shared" / "data" / "devset"
+DEVSET = D.DEVSET
 OCC = [sys.executable, "-m", "occ.cli"]
 
 
 def devset_images(n: int, start: int = 0) -> list[Path]:
-    import csv
 
-    rows = list(csv.DictReader(open(DEVSET / "manifest.csv")))
+    rows = D.manifest(DEVSET)
     paths = [DEVSET / r["path"] for r in rows]
     # interleave labels so every slice mixes generators and photos
     paths.sort(key=lambda p: (hash(p.name) % 9973, p.name))
@@ -205,9 +206,8 @@ def _seed_backbone(cache: Path) -> None:
 
 
 def part_enroll(report: dict, work: Path) -> None:
-    import csv
 
-    rows = [r for r in csv.DictReader(open(DEVSET / "manifest.csv")) if r["label"] == "sdcheat-sd15"]
+    rows = [r for r in D.manifest(DEVSET) if r["label"] == "sdcheat-sd15"]
     out = {}
     for shots in (5, 10, 25):
         folder = link_folder([DEVSET / r["path"] for r in rows[:shots]], work / f"shots{shots}")
@@ -227,12 +227,11 @@ LABELS = ["sdcheat-sd15", "cpondoc-dalle2", "imagen-disco", "imagen-dmin", "imag
 
 def _ten_sources(work: Path) -> tuple[Path, Path, dict, list[str]]:
     """A registry with 10 sources enrolled from 6 images each (20 steps: content does not change cost)."""
-    import csv
 
     cache, registry = work / "cache-attr", work / "registry-attr"
     env = _env(cache, registry)
     if not registry.exists():
-        rows = list(csv.DictReader(open(DEVSET / "manifest.csv")))
+        rows = D.manifest(DEVSET)
         _seed_backbone(cache)
         for label in LABELS:
             shots = [DEVSET / r["path"] for r in rows if r["label"] == label][:6]

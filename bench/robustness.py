@@ -1,7 +1,7 @@
 """Robustness battery for the ``occ`` command line (issue 5).
 
 Runs bad inputs and faults against the CLI on a tiny random CLIP built in a temporary folder (with
-``tests/tiny_clip.py``; odd files come from ``tests/imagegen.py``), and counts how many
+``occ/testing/tiny_clip.py``; odd files come from ``occ/testing/imagegen.py``), and counts how many
 cases were *handled as documented*:
 
 * a bad input file: exit code 1, exactly one error naming the file (one JSON object ``{"path", "error"}``
@@ -48,13 +48,18 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parent.parent
-# The tiny CLIP and the byte-level builders of odd files are the test suite's, so both use one set.
-sys.path.insert(0, str(ROOT / "tests"))
-import tiny_clip  # noqa: E402
-from imagegen import encode, exif_orientation, gif_bomb, jpeg_with_size, pattern_array, png_chunk, webp_bomb  # noqa: E402
+from occ.testing import tiny_clip
+from occ.testing.imagegen import (
+    encode,
+    exif_orientation,
+    gif_bomb,
+    jpeg_with_size,
+    pattern_array,
+    png_chunk,
+    webp_bomb,
+)
 
-sys.path.remove(str(ROOT / "tests"))
+ROOT = Path(__file__).resolve().parent.parent
 STEPS = "5"
 
 
@@ -64,7 +69,7 @@ STEPS = "5"
 def build_backbone(folder: Path) -> tuple[Path, Callable, Callable, str]:
     """A tiny CLIP folder, two image families (target-like, other) and a label saying which tiny CLIP."""
     return (tiny_clip.build_tiny_clip(folder, seed=0), tiny_clip.noise_image, tiny_clip.gradient_image,
-            "tiny random CLIP with text tower (tests/tiny_clip.py)")
+            "tiny random CLIP with text tower (occ/testing/tiny_clip.py)")
 
 
 # ----------------------------------------------------------------------------------------- files
@@ -375,7 +380,7 @@ class Battery:
     # -- damaged and hostile files
 
     def damaged(self) -> None:
-        from occ.registry import _checksum
+        from occ.registry.schema import _checksum
 
         def version(reg: Path, name: str = "a") -> Path:
             return reg / "sources" / name / (reg / "sources" / name / "CURRENT").read_text().strip()
@@ -520,7 +525,7 @@ class Battery:
     # -- processes
 
     FAULT_CHILD = (
-        "import sys, time\nimport occ.registry as r\nstop = sys.argv[1]\n"
+        "import sys, time\nimport occ.registry.store as r\nstop = sys.argv[1]\n"
         "def hook(step):\n    if step == stop:\n        sys.stderr.write('at ' + step + '\\n'); sys.stderr.flush()\n"
         "        time.sleep(3600)\n"
         "r._fault_point = hook\nsys.argv = ['occ', *sys.argv[2:]]\nfrom occ.cli import main\nmain()\n"

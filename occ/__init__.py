@@ -2,7 +2,7 @@
 
 The public API is imported lazily so that ``import occ`` (and ``occ --help``) stays fast::
 
-    from occ import Registry, Attributor, Verifier, enroll, load_backbone
+    from occ import Registry, Attributor, Verifier, VerifierConfig, enroll, load_backbone
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ _LAZY = {
     "Registry": "occ.registry",
     "Attributor": "occ.attribution",
     "Verifier": "occ.verifier",
+    "VerifierConfig": "occ.config",
     "TrainSettings": "occ.training",
     "FeatureExtractor": "occ.features",
     "enroll": "occ.enrollment",

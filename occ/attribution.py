@@ -7,12 +7,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from occ.backbones.base import Backbone, Trunk
 from occ.errors import ImageError, OccError, RegistryError, UsageError
 from occ.features import FeatureExtractor
+from occ.heads import TrunkBatch
 from occ.registry import Registry
+from occ.sources import require_enrolled
 from occ.verifier import Verifier
 
 
@@ -38,8 +38,7 @@ def load_verifiers(registry: Registry, backbone: Backbone, names: Sequence[str] 
     loaded = {}
     for name in names:
         try:
-            tensors, meta = registry.load(name, expected_fingerprint=backbone.fingerprint)
-            loaded[name] = Verifier.from_saved(backbone, tensors, meta, name)
+            loaded[name] = Verifier.from_saved(backbone, *registry.load(name), name)
         except UsageError:
             raise
         except OccError as exc:
@@ -53,7 +52,8 @@ class Attributor:
     """Every enrolled verifier over one shared trunk pass per image.
 
     The trunk runs once per image (and is cached on disk); per-source work is the verifier heads only,
-    with per-batch work they share (keys/values of patch tokens) computed once.
+    with per-batch work they share (a :class:`occ.heads.TrunkBatch`: keys/values of patch tokens, the CLS
+    token's attention) computed once.
     """
 
     def __init__(self, verifiers: dict[str, Verifier], backbone: Backbone,
@@ -68,8 +68,8 @@ class Attributor:
     @classmethod
     def from_registry(cls, registry: Registry, backbone: Backbone, names: Sequence[str] | None = None,
                       on_skip: Callable[[str, OccError], None] | None = None, **kwargs) -> Attributor:
-        if names is None and len(registry) == 0:
-            raise UsageError(f"registry {registry.root} is empty: enroll a source first with `occ enroll`")
+        if names is None:
+            require_enrolled(registry)
         verifiers = load_verifiers(registry, backbone, names, on_skip)
         if not verifiers and (names is None or names):
             # Sources are enrolled but none can be used (each was reported to on_skip): a damaged
@@ -80,8 +80,8 @@ class Attributor:
 
     def decide(self, trunk: Trunk, paths: Sequence) -> list[Decision]:
         """Decisions for a batch of trunk features (row i belongs to ``paths[i]``)."""
-        shared: dict = {}
-        raw = {name: v.decision_function(trunk, shared) for name, v in self.verifiers.items()}
+        batch = TrunkBatch(trunk, self.backbone)  # per-batch work the verifiers share
+        raw = {name: v.decision_function(batch) for name, v in self.verifiers.items()}
         calibrated = {name: self.verifiers[name].calibration_.probability(r) for name, r in raw.items()}
         accepted = {name: self.verifiers[name].calibration_.accept(r) for name, r in raw.items()}
         thresholds = {name: v.threshold for name, v in self.verifiers.items()}
@@ -98,10 +98,3 @@ class Attributor:
         for batch in self.extractor.stream(inputs, self.blocks, on_error):
             yield from self.decide(batch.trunk, [im.path for im in batch.images])
 
-
-def best_first(decision: Decision) -> list[tuple[str, float]]:
-    return sorted(decision.scores.items(), key=lambda kv: (-kv[1], kv[0]))
-
-
-def as_array(decisions: Sequence[Decision], name: str) -> np.ndarray:
-    return np.array([d.scores[name] for d in decisions])

@@ -114,10 +114,9 @@ class Calibration:
 
     @classmethod
     def from_dict(cls, data: dict) -> Calibration:
-        threshold = data["threshold"]
-        threshold = float(threshold) if not isinstance(threshold, str) else float(threshold)
+        # The threshold may be stored as "inf" or "-inf" (JSON has no infinity): float() reads both forms.
         return cls(tuple(map(float, data["pos_scores"])), tuple(map(float, data["neg_scores"])),
-                   float(data["far"]), float(data["target_tpr"]), threshold, float(data["slope"]),
+                   float(data["far"]), float(data["target_tpr"]), float(data["threshold"]), float(data["slope"]),
                    float(data["intercept"]))
 
 

@@ -9,6 +9,7 @@ skipped and counted), and (c) any folders the user adds with ``negatives``.
 from __future__ import annotations
 
 import datetime as _dt
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -18,8 +19,8 @@ from occ.backbones.base import Backbone, Trunk
 from occ.errors import ImageError, OccError, UsageError
 from occ.features import FeatureExtractor, Features
 from occ.negatives import bank_paths
-from occ.registry import Registry, SourceRecord, validate_name
-from occ.verifier import Verifier
+from occ.registry import Registry, SourceRecord
+from occ.verifier import Verifier, enrolled_on
 
 Progress = Callable[[str, int, int], None]
 
@@ -54,7 +55,7 @@ def registry_negatives(registry: Registry, extractor: FeatureExtractor, backbone
             meta = registry.info(name).meta
         except OccError:
             continue  # a damaged source is reported by `occ sources`, not here
-        if meta.get("backbone_fingerprint") != backbone.fingerprint:
+        if enrolled_on(meta) != backbone.fingerprint:
             continue
         count = 0
         for sha in meta.get("training_images", []):
@@ -87,9 +88,7 @@ def enroll(
 ) -> EnrollResult:
     """Learn a verifier for source ``name`` from the images under ``paths`` and store it."""
     start = time.perf_counter()
-    validate_name(name)
-    if name in registry and not replace:
-        raise UsageError(f"source '{name}' already exists in {registry.root}; use --replace to overwrite it")
+    registry.check_new(name, replace=replace)
     verifier = verifier or Verifier()
     extractor = extractor or FeatureExtractor(backbone)
     blocks = verifier.kv_blocks(backbone)
@@ -134,21 +133,22 @@ def enroll(
     neg_pixels = None
     if verifier.settings.adversarial == "pixel":
         refs = [im for p in neg_parts for im in p.images]
-        if len(refs) != len(neg):
-            refs = refs[: len(neg)]
-            neg = neg.select(list(range(len(refs))))  # pixel ADA needs pixels: cached-only negatives are left out
+        if len(refs) != len(neg):  # pixel ADA needs pixels: negatives known only from the cache are left out
+            neg = neg.select(list(range(len(refs))))
         neg_pixels = extractor.pixels(refs)
 
     verifier.fit(backbone, pos.trunk, neg, neg_pixels=neg_pixels, progress=progress)
-    tensors, meta = verifier.to_saved()
-    meta.update({
+    verifier.provenance = {
         "name": name,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "occ_version": __version__,
         "backbone": {"spec": backbone_spec, "model_id": backbone.model_id, "engine": backbone.engine},
         "training_images": [im.sha256 for im in pos.images],
         "negatives": counts,
-    })
-    record = registry.save(name, tensors, meta, replace=replace)
-    return EnrollResult(record, verifier, len(pos), counts, errors, time.perf_counter() - start)
+    }
+    with tempfile.TemporaryDirectory(prefix="occ-verifier-") as folder:
+        record = registry.store(name, verifier.save(folder), replace=replace)
+    # What was stored, read back: the summary a caller shows describes this, not the request.
+    stored = Verifier.from_saved(backbone, *registry.load(name), name)
+    return EnrollResult(record, stored, len(pos), counts, errors, time.perf_counter() - start)
 

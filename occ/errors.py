@@ -26,3 +26,31 @@ class RegistryError(OccError):
 
 class UsageError(OccError):
     """The request itself is wrong (unknown source, bad option, empty registry)."""
+
+
+def escape_char(ch: str) -> str:
+    """One unprintable character as ``\\xNN`` / ``\\uNNNN`` / ``\\UNNNNNNNN`` (an undecodable file-name
+    byte, held as a lone surrogate, as the byte it was)."""
+    code = ord(ch)
+    if 0xDC80 <= code <= 0xDCFF:
+        return f"\\x{code - 0xDC00:02x}"
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    return f"\\U{code:08x}"
+
+
+def one_line(text: object) -> str:
+    """``text`` as one line for a message: runs of whitespace (newlines included) become one space, other
+    unprintable characters are escaped (:func:`escape_char`), so a message never spans or garbles lines."""
+    return " ".join("".join(ch if ch.isprintable() else escape_char(ch) for ch in word) for word in str(text).split())
+
+
+def first_line(exc: BaseException) -> str:
+    """The reason an exception gives, on one line: an OS error's ``strerror``, else the first non-empty
+    line of its message (at most 200 characters), else its type name."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return one_line(exc.strerror)
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return one_line(lines[0][:200]) if lines else type(exc).__name__

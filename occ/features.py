@@ -23,7 +23,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from occ.backbones.base import Backbone, Trunk, empty_trunk
-from occ.errors import ImageError
+from occ.errors import ImageError, first_line
 from occ.images import ImageFile, decode_image, iter_paths, load_image, read_image_file
 from occ.paths import cache_dir
 
@@ -138,7 +138,7 @@ def _transformed(f: ImageFile, image: Image.Image, transform: Transform) -> Imag
     try:
         return transform.apply(image)
     except (OSError, ValueError, MemoryError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = first_line(exc)
         raise ImageError(f.path, f"could not apply {transform.label}: {reason}") from None
 
 

@@ -17,7 +17,6 @@ import io
 import os
 import stat
 import struct
-import unicodedata
 import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -26,7 +25,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from occ.errors import ImageError
+from occ.errors import ImageError, first_line, one_line
+from occ.paths import _fspath_str, display_path
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -95,56 +95,8 @@ class LoadedImage:
 # Messages
 
 
-def _fspath_str(path) -> str:
-    """A path-like (str, bytes, os.PathLike) as str; undecodable bytes become lone surrogates."""
-    if isinstance(path, os.PathLike):
-        path = os.fspath(path)
-    if isinstance(path, bytes):
-        try:
-            return os.fsdecode(path)
-        except UnicodeDecodeError:  # Windows decodes bytes strictly; keep the bytes visible anyway
-            return path.decode("utf-8", "surrogateescape")
-    return str(path)
-
-
-def _escape_char(ch: str) -> str:
-    code = ord(ch)
-    if 0xDC80 <= code <= 0xDCFF:  # a byte that was not valid in the file system encoding
-        return f"\\x{code - 0xDC00:02x}"
-    if code < 0x100:
-        return f"\\x{code:02x}"
-    if code < 0x10000:
-        return f"\\u{code:04x}"
-    return f"\\U{code:08x}"
-
-
-def display_path(path) -> str:
-    """``path`` as one printable line.
-
-    Bytes that do not decode in the file system encoding are shown as ``\\xNN``; control characters, line
-    separators and other invisible characters are escaped the same way (``\\n`` shows as ``\\x0a``).
-    Ordinary spaces, including non-ASCII ones, are kept.
-    """
-    text = _fspath_str(path)
-    if text.isprintable():
-        return text
-    return "".join(
-        ch if ch.isprintable() or unicodedata.category(ch) == "Zs" else _escape_char(ch) for ch in text
-    )
-
-
-def _one_line(reason: str) -> str:
-    cleaned = "".join(ch if ch.isprintable() else " " for ch in str(reason))
-    return " ".join(cleaned.split()) or "unknown error"
-
-
 def _error(path, reason: str) -> ImageError:
-    return ImageError(display_path(path), _one_line(reason))
-
-
-def _strerror(exc: BaseException) -> str:
-    text = getattr(exc, "strerror", None)
-    return str(text) if text else (str(exc) or type(exc).__name__)
+    return ImageError(display_path(path), one_line(reason) or "unknown error")
 
 
 def _as_path(path) -> Path:
@@ -256,7 +208,7 @@ def _list_folder(folder: str) -> list[os.DirEntry] | ImageError:
         with os.scandir(folder) as entries:
             return sorted(entries, key=lambda entry: entry.name)
     except OSError as exc:
-        return _error(folder, f"cannot read folder: {_strerror(exc)}")
+        return _error(folder, f"cannot read folder: {first_line(exc)}")
 
 
 def _walk(root: Path, root_stat: os.stat_result) -> Iterator[Path | ImageError]:
@@ -283,7 +235,7 @@ def _walk(root: Path, root_stat: os.stat_result) -> Iterator[Path | ImageError]:
         except OSError as exc:
             if looks_like_image:
                 produced = True
-                yield _error(entry.path, f"cannot access: {_strerror(exc)}")
+                yield _error(entry.path, f"cannot access: {first_line(exc)}")
             continue
         if is_dir:
             try:
@@ -292,7 +244,7 @@ def _walk(root: Path, root_stat: os.stat_result) -> Iterator[Path | ImageError]:
                 st = os.stat(entry.path)
             except OSError as exc:
                 produced = True
-                yield _error(entry.path, f"cannot read folder: {_strerror(exc)}")
+                yield _error(entry.path, f"cannot read folder: {first_line(exc)}")
                 continue
             key = (st.st_dev, st.st_ino)
             if key in visited:
@@ -343,7 +295,7 @@ def iter_paths(inputs: Iterable[str | os.PathLike]) -> Iterator[Path | ImageErro
             yield _error(path, "invalid path (contains a NUL character)")
             continue
         except OSError as exc:
-            yield _error(path, f"cannot access: {_strerror(exc)}")
+            yield _error(path, f"cannot access: {first_line(exc)}")
             continue
         if stat.S_ISDIR(st.st_mode):
             yield from _walk(path, st)
@@ -365,11 +317,11 @@ def _read_bytes(path: Path) -> bytes:
     except PermissionError as exc:
         if os.path.isdir(path):  # Windows refuses to open folders this way
             raise _error(path, "is a folder") from None
-        raise _error(path, f"cannot read file: {_strerror(exc)}") from None
+        raise _error(path, f"cannot read file: {first_line(exc)}") from None
     except ValueError:
         raise _error(path, "invalid path (contains a NUL character)") from None
     except OSError as exc:
-        raise _error(path, f"cannot read file: {_strerror(exc)}") from None
+        raise _error(path, f"cannot read file: {first_line(exc)}") from None
     try:
         with os.fdopen(fd, "rb") as handle:
             st = os.fstat(handle.fileno())
@@ -399,7 +351,7 @@ def _read_bytes(path: Path) -> bytes:
     except OSError as exc:
         if isinstance(exc, IsADirectoryError):
             raise _error(path, "is a folder") from None
-        raise _error(path, f"cannot read file: {_strerror(exc)}") from exc
+        raise _error(path, f"cannot read file: {first_line(exc)}") from exc
 
 
 def _too_large_file(size: int) -> str:

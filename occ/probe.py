@@ -9,9 +9,17 @@ logistic regression. Nothing is learned inside the tower, so per-source work is 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
-from torch import nn
+
+from occ.backbones.base import Backbone
+from occ.heads import Head, StepProgress, TrunkBatch
+
+if TYPE_CHECKING:
+    from occ.prompts import PromptTemplate
+    from occ.training import TrainSettings
 
 CV_FOLDS = 3
 C = 1.0
@@ -49,8 +57,13 @@ def pick_block(cls: np.ndarray, y: np.ndarray, blocks, seed: int) -> int:
     return int(best)
 
 
-class ProbeHead(nn.Module):
-    """Logistic probe on the standardised CLS token of one block; logits [non-target, target]."""
+class ProbeHead(Head):
+    """Logistic probe on the standardised CLS token of one block; logits [non-target, target].
+
+    Fitted in closed form (no training steps): the training settings other than the seed do not apply."""
+
+    kind = "probe"
+    method = "probe"
 
     def __init__(self, num_layers: int, hidden_size: int):
         super().__init__()
@@ -61,12 +74,24 @@ class ProbeHead(nn.Module):
         self.register_buffer("weight", torch.zeros(hidden_size))
         self.register_buffer("bias", torch.zeros(()))
 
+    @classmethod
+    def create(cls, backbone: Backbone, template: PromptTemplate | None, generator: torch.Generator) -> ProbeHead:
+        return cls(backbone.num_layers, backbone.hidden_size)
+
+    def inputs(self, batch: TrunkBatch) -> list[torch.Tensor]:
+        return [batch.trunk.cls]
+
+    def logits(self, inputs: list[torch.Tensor]) -> torch.Tensor:
+        return self(inputs[0])
+
     @torch.no_grad()
-    def fit(self, pos_cls: torch.Tensor, neg_cls: torch.Tensor, seed: int = 0) -> ProbeHead:
-        """``pos_cls``/``neg_cls``: (N, L+1, D) CLS tokens of every hidden state."""
+    def fit(self, pos: TrunkBatch, neg: TrunkBatch, settings: TrainSettings, *,
+            neg_pixels: torch.Tensor | None = None, progress: StepProgress | None = None) -> None:
+        """Pick the block by cross-validated AUC on the CLS tokens of every hidden state, then fit the probe."""
+        pos_cls, neg_cls = self.inputs(pos)[0], self.inputs(neg)[0]
         cls = torch.cat([pos_cls, neg_cls]).double().numpy()
         y = np.r_[np.ones(len(pos_cls)), np.zeros(len(neg_cls))]
-        block = pick_block(cls, y, list(range(1, self.num_layers)), seed)
+        block = pick_block(cls, y, list(range(1, self.num_layers)), settings.seed)
         x, mu, sigma = _standardise(cls[:, block])
         model = fit_balanced_logistic(x, y)
         self.block.fill_(block)
@@ -74,7 +99,12 @@ class ProbeHead(nn.Module):
         self.sigma.copy_(torch.from_numpy(sigma))
         self.weight.copy_(torch.from_numpy(model.coef_[0]))
         self.bias.fill_(float(model.intercept_[0]))
-        return self
+        self.eval()
+        if progress:
+            progress(1, 1)
+
+    def describe(self) -> str:
+        return f"logistic probe on the CLS token of block {int(self.block)}"
 
     def forward(self, cls: torch.Tensor) -> torch.Tensor:
         x = (cls[:, int(self.block)].float() - self.mu) / self.sigma

@@ -28,8 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from occ.backbones.base import Backbone
+from occ.backbones.base import Backbone, patch_keys_values
 from occ.errors import UsageError
+from occ.heads import PromptHead, TrunkBatch, split_heads, split_keys_values
 
 
 @dataclass(frozen=True)
@@ -98,8 +99,21 @@ def _block_index(spec: float | int, num_layers: int) -> int:
     return int(round(float(spec) * num_layers))
 
 
-class TextPrompts(nn.Module):
+def _span(template: PromptTemplate, num_layers: int) -> tuple[int, int]:
+    """(first prompted block, readout block) of a visual template on a ``num_layers``-block tower."""
+    first, readout = _block_index(template.first_block, num_layers), _block_index(template.readout_block, num_layers)
+    if not 0 <= first < readout <= num_layers:
+        raise UsageError(f"visual prompt template {template.name!r}: need 0 <= first block ({first}) < readout "
+                         f"block ({readout}) <= {num_layers}")
+    return first, readout
+
+
+class TextPrompts(PromptHead):
     """OCC-CLIP's prompt learner: shared context vectors + class word, through the frozen text tower."""
+
+    kind = "text"
+    template_kind = "text"
+    default_template = "occ-clip"
 
     def __init__(self, backbone: Backbone, template: PromptTemplate, generator: torch.Generator | None = None):
         super().__init__()
@@ -142,6 +156,26 @@ class TextPrompts(nn.Module):
         self.register_buffer("prefix", token_embeds[:, :1].clone(), persistent=False)
         self.register_buffer("suffix", token_embeds[:, 1 + n_ctx:].clone(), persistent=False)
         self.register_buffer("eos_index", _eos_positions(ids, text.config), persistent=False)
+        self.template_name = template.name
+
+    @classmethod
+    def create(cls, backbone: Backbone, template: PromptTemplate | None, generator: torch.Generator) -> TextPrompts:
+        return cls(backbone, template, generator)
+
+    def inputs(self, batch: TrunkBatch) -> list[torch.Tensor]:
+        return [batch.trunk.embeds.float()]
+
+    def logits(self, inputs: list[torch.Tensor]) -> torch.Tensor:
+        return self(inputs[0])
+
+    def pixel_inputs(self, pixels: torch.Tensor) -> list[torch.Tensor]:
+        return [self.backbone.hidden_states(pixels)[1]]
+
+    def trunk_inputs(self, pixels: torch.Tensor) -> list[torch.Tensor]:
+        return self.inputs(TrunkBatch(self.backbone.trunk(pixels), self.backbone))
+
+    def describe(self) -> str:
+        return f"text prompts ({self.n_ctx} context tokens), template {self.template_name}"
 
     def class_features(self) -> torch.Tensor:
         """(2, P) L2-normalised text features of the non-target and target prompts."""
@@ -172,7 +206,7 @@ def _eos_positions(ids: torch.Tensor, config) -> torch.Tensor:
     return (ids == eos).int().argmax(dim=-1)
 
 
-class VisualPrompts(nn.Module):
+class VisualPrompts(PromptHead):
     """Learnable prompt tokens inside the frozen image tower, on the CLS path.
 
     From block ``first`` on, ``n_tokens`` prompt tokens join the CLS token. Only these few tokens are
@@ -187,19 +221,17 @@ class VisualPrompts(nn.Module):
     initial readouts, then prompts and head train together.
     """
 
+    kind = "visual"
+    template_kind = "visual"
+    default_template = "visual-mid-attn"
+
     def __init__(self, backbone: Backbone, template: PromptTemplate, generator: torch.Generator | None = None):
         super().__init__()
-        layers = backbone.num_layers
-        self.first = _block_index(template.first_block, layers)
-        self.readout = _block_index(template.readout_block, layers)
-        if not 0 <= self.first < self.readout <= layers:
-            raise UsageError(
-                f"visual prompt template {template.name!r}: need 0 <= first block ({self.first}) < readout "
-                f"block ({self.readout}) <= {layers}"
-            )
+        self.first, self.readout = _span(template, backbone.num_layers)
         if template.readout_after not in ("block", "attention"):
             raise UsageError(f"visual prompt template {template.name!r}: readout_after must be 'block' or "
                              "'attention'")
+        self.template_name = template.name
         self.readout_after = template.readout_after
         self.backbone = backbone
         d = backbone.hidden_size
@@ -210,16 +242,50 @@ class VisualPrompts(nn.Module):
         self.register_buffer("mu", torch.zeros(d))
         self.register_buffer("sigma", torch.ones(d))
 
+    @classmethod
+    def create(cls, backbone: Backbone, template: PromptTemplate | None, generator: torch.Generator) -> VisualPrompts:
+        return cls(backbone, template, generator)
+
+    @classmethod
+    def needed_blocks(cls, backbone: Backbone, template: PromptTemplate | None) -> tuple[int, ...]:
+        first, readout = _span(template, backbone.num_layers)
+        return tuple(range(first, readout))
+
     @property
     def blocks(self) -> tuple[int, ...]:
         """Blocks whose patch keys/values the trunk must provide."""
         return tuple(range(self.first, self.readout))
 
-    def keys_values(self, kv: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The trunk's (N, 2, T, D) patch keys/values of ``block`` split into heads: 2 x (N, H, T, D/H)."""
-        attn = self.backbone.block(block).self_attn
-        kv = kv.float()
-        return _heads(kv[:, 0], attn), _heads(kv[:, 1], attn)
+    def inputs(self, batch: TrunkBatch) -> list[torch.Tensor]:
+        """[CLS token entering block ``first``, then keys and values of each prompted block]."""
+        with torch.no_grad():
+            pairs = [batch.keys_values(b) for b in self.blocks]
+        return [batch.trunk.cls[:, self.first].float()] + [t for kv in pairs for t in kv]
+
+    def logits(self, inputs: list[torch.Tensor]) -> torch.Tensor:
+        return self(inputs[0], list(zip(inputs[1::2], inputs[2::2])))
+
+    def raw(self, batch: TrunkBatch) -> torch.Tensor:
+        if not self.single_attention:
+            return super().raw(batch)
+        # One block read out after its attention: the CLS token's attention over the patches is shared.
+        return self.raw_from_stats(batch.trunk.cls[:, self.first], batch.cls_attention(self.first))
+
+    def pixel_inputs(self, pixels: torch.Tensor) -> list[torch.Tensor]:
+        hidden, _ = self.backbone.hidden_states(pixels)
+        kv = [split_keys_values(self.backbone, b, patch_keys_values(self.backbone.block(b), hidden[b]))
+              for b in self.blocks]
+        return [hidden[self.first][:, 0]] + [t for pair in kv for t in pair]
+
+    def trunk_inputs(self, pixels: torch.Tensor) -> list[torch.Tensor]:
+        return self.inputs(TrunkBatch(self.backbone.trunk(pixels, self.blocks), self.backbone))
+
+    def start(self, pos: list[torch.Tensor], neg: list[torch.Tensor]) -> None:
+        self.initialise(pos[0], neg[0], list(zip(pos[1::2], pos[2::2])), list(zip(neg[1::2], neg[2::2])))
+
+    def describe(self) -> str:
+        return (f"visual prompts ({self.n_tokens} tokens in blocks {self.first}-{self.readout - 1}, read out after "
+                f"the {self.readout_after}), template {self.template_name}")
 
     def readout_features(self, cls_in: torch.Tensor, kv) -> torch.Tensor:
         """CLS token after the prompted blocks, standardised: (N, D). ``kv``: per block, (keys, values)."""
@@ -235,12 +301,12 @@ class VisualPrompts(nn.Module):
     def single_attention(self) -> bool:
         """True when the prompts meet the CLS token in one block, read out right after its attention.
         The CLS token's query and its attention over the patch tokens are then the same for every
-        source, so scoring can share them (:func:`cls_attention_stats`, :meth:`raw_from_stats`)."""
+        source, so scoring can share them (:func:`occ.heads.cls_attention_stats`, :meth:`raw_from_stats`)."""
         return len(self.blocks) == 1 and self.readout_after == "attention"
 
     def raw_from_stats(self, cls_in: torch.Tensor, stats) -> torch.Tensor:
         """Raw scores (N,) of :attr:`single_attention` prompts from the source-independent attention
-        statistics of :func:`cls_attention_stats`. The readout ``cls + out_proj(attention)`` meets only
+        statistics of :func:`occ.heads.cls_attention_stats`. The readout ``cls + out_proj(attention)`` meets only
         the linear head, so the head is folded through ``out_proj`` onto each attention head's output:
         per image and source, the P prompt keys are scored and mixed in and the rest is dot products,
         nothing that grows with the number of patch tokens or needs a matrix product per image."""
@@ -248,7 +314,7 @@ class VisualPrompts(nn.Module):
         layer = self.backbone.block(self.first)
         attn = layer.self_attn
         h = layer.layer_norm1(self.prompt.unsqueeze(0))
-        k, v = _heads(attn.k_proj(h), attn)[0], _heads(attn.v_proj(h), attn)[0]  # (H, P, D/H)
+        k, v = split_heads(attn.k_proj(h), attn)[0], split_heads(attn.v_proj(h), attn)[0]  # (H, P, D/H)
         w = self.weight / self.sigma  # the head on the un-standardised readout
         w_heads = (attn.out_proj.weight.T @ w).view(attn.num_heads, attn.head_dim)  # (H, D/H)
         s = torch.einsum("nhd,hpd->nhp", q, k)
@@ -286,28 +352,6 @@ class VisualPrompts(nn.Module):
         self.bias.fill_(float(model.intercept_[0]))
 
 
-@torch.no_grad()
-def cls_attention_stats(layer, cls_in: torch.Tensor, k_patch: torch.Tensor, v_patch: torch.Tensor):
-    """The frozen CLS token's attention over itself and the patch tokens in ``layer``, un-normalised:
-    (query, max score, sum of exp(score - max), exp-weighted sum of values), per head. Prompt tokens
-    added to that block change only the softmax's extra terms (see
-    :meth:`VisualPrompts.raw_from_stats`), so these are computed once per image for all sources."""
-    attn = layer.self_attn
-    h = layer.layer_norm1(cls_in.float().unsqueeze(1))
-    q = _heads(attn.q_proj(h), attn) * attn.scale  # (N, H, 1, D/H)
-    keys = torch.cat([k_patch, _heads(attn.k_proj(h), attn)], 2)
-    values = torch.cat([v_patch, _heads(attn.v_proj(h), attn)], 2)
-    s = q @ keys.transpose(-1, -2)
-    m = s.amax(-1, keepdim=True)
-    e = (s - m).exp()
-    return q[:, :, 0], m[:, :, 0, 0], e.sum(-1)[:, :, 0], (e @ values)[:, :, 0]  # (N,H,D/H), (N,H), (N,H), (N,H,D/H)
-
-
-def _heads(x: torch.Tensor, attn) -> torch.Tensor:
-    n, t, _ = x.shape
-    return x.view(n, t, attn.num_heads, attn.head_dim).transpose(1, 2)
-
-
 def _cls_path_block(layer, cls: torch.Tensor, prompts: torch.Tensor, k_patch: torch.Tensor, v_patch: torch.Tensor,
                     *, cls_only: bool = False, mlp: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One frozen CLIP block for the CLS token (N, 1, D) and the prompt tokens (1 or N, P, D); the patch
@@ -317,14 +361,16 @@ def _cls_path_block(layer, cls: torch.Tensor, prompts: torch.Tensor, k_patch: to
     attn = layer.self_attn
     n = cls.shape[0]
     h_cls, h_prompt = layer.layer_norm1(cls), layer.layer_norm1(prompts)
-    k_own = torch.cat([_heads(attn.k_proj(h_cls), attn), _heads(attn.k_proj(h_prompt), attn).expand(n, -1, -1, -1)], 2)
-    v_own = torch.cat([_heads(attn.v_proj(h_cls), attn), _heads(attn.v_proj(h_prompt), attn).expand(n, -1, -1, -1)], 2)
+    k_own = torch.cat([split_heads(attn.k_proj(h_cls), attn),
+                       split_heads(attn.k_proj(h_prompt), attn).expand(n, -1, -1, -1)], 2)
+    v_own = torch.cat([split_heads(attn.v_proj(h_cls), attn),
+                       split_heads(attn.v_proj(h_prompt), attn).expand(n, -1, -1, -1)], 2)
     if cls_only:
         x, h = cls, h_cls
     else:
         x = torch.cat([cls, prompts.expand(n, -1, -1)], dim=1)
         h = torch.cat([h_cls, h_prompt.expand(n, -1, -1)], dim=1)
-    q = _heads(attn.q_proj(h), attn) * attn.scale
+    q = split_heads(attn.q_proj(h), attn) * attn.scale
     scores = torch.cat([q @ k_patch.transpose(-1, -2), q @ k_own.transpose(-1, -2)], dim=-1)
     weights = scores.softmax(dim=-1)
     n_patch = k_patch.shape[2]

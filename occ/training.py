@@ -31,9 +31,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from occ.heads import PromptHead
 
 ADVERSARIAL_MODES = ("none", "feature", "pixel")
 MIXED_EPS = (0.03, 0.1, 0.5)
@@ -75,37 +79,6 @@ class TrainSettings:
         return asdict(self)
 
 
-class Adapter:
-    """What the loop needs from a head: its inputs, its logits, and (optionally) a pixel path.
-
-    ``inputs`` is a list of tensors whose first dimension indexes images. ``logits(inputs)`` gives
-    (N, 2) logits [non-target, target]; ``from_trunk`` makes the inputs from trunk features and ``raw``
-    scores them (a head may score faster there than through ``logits``). ``pixel_inputs(pixels)``
-    maps normalised pixels to the same inputs differentiably (only needed for pixel-space ADA);
-    ``trunk_inputs(pixels)`` maps them through the backbone's trunk engine, without gradients.
-    """
-
-    module: torch.nn.Module
-
-    def logits(self, inputs: list[torch.Tensor]) -> torch.Tensor:
-        raise NotImplementedError
-
-    def pixel_inputs(self, pixels: torch.Tensor) -> list[torch.Tensor]:
-        raise NotImplementedError
-
-    def trunk_inputs(self, pixels: torch.Tensor) -> list[torch.Tensor]:
-        raise NotImplementedError
-
-    def from_trunk(self, trunk, shared: dict | None = None) -> list[torch.Tensor]:
-        """The head's inputs from trunk features; ``shared`` caches work common to every source."""
-        raise NotImplementedError
-
-    def raw(self, trunk, shared: dict | None = None) -> torch.Tensor:
-        """Raw scores ``logit(target) - logit(non-target)`` of trunk features."""
-        logits = self.logits(self.from_trunk(trunk, shared))
-        return logits[:, 1] - logits[:, 0]
-
-
 def _rows(inputs: list[torch.Tensor], index: torch.Tensor) -> list[torch.Tensor]:
     return [t[index] for t in inputs]
 
@@ -121,7 +94,7 @@ def _draw_eps(settings: TrainSettings, generator: torch.Generator) -> float:
 
 
 def train(
-    adapter: Adapter,
+    head: PromptHead,
     pos: list[torch.Tensor],
     neg: list[torch.Tensor],
     settings: TrainSettings,
@@ -129,18 +102,19 @@ def train(
     neg_pixels: torch.Tensor | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> list[float]:
-    """Optimise ``adapter.module``'s trainable parameters. Returns the loss of every step."""
+    """Optimise ``head``'s trainable parameters on its inputs ``pos`` and ``neg`` (lists of tensors whose
+    first dimension indexes images, see :meth:`occ.heads.Head.inputs`). Returns the loss of every step."""
     if settings.adversarial == "pixel" and neg_pixels is None:
         raise ValueError("pixel-space adversarial augmentation needs the non-target images' pixels")
     generator = torch.Generator().manual_seed(settings.seed)
-    params = [p for p in adapter.module.parameters() if p.requires_grad]
+    params = [p for p in head.parameters() if p.requires_grad]
     optimiser = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
     n_pos, n_neg = pos[0].shape[0], neg[0].shape[0]
     half = settings.batch_size // 2
     # Feature-space FGSM steps are scaled per input coordinate by the non-target set's spread.
     scales = [t.std(dim=0, keepdim=True) if n_neg > 1 else t.abs().mean() for t in neg]
     losses = []
-    adapter.module.train()
+    head.train()
     for step in range(settings.steps):
         lr = settings.lr * _schedule(step, settings.steps, settings.warmup_steps)
         for group in optimiser.param_groups:
@@ -153,22 +127,22 @@ def train(
             eps = _draw_eps(settings, generator)
             adv_index = torch.arange(n_adv)
             if settings.adversarial == "feature":
-                adv = _feature_fgsm(adapter, _rows(batch_neg, adv_index), eps, scales)
+                adv = _feature_fgsm(head, _rows(batch_neg, adv_index), eps, scales)
             else:
-                adv = _pixel_fgsm(adapter, neg_pixels[ni[:n_adv]], eps)
+                adv = _pixel_fgsm(head, neg_pixels[ni[:n_adv]], eps)
             batch_neg = [torch.cat([a, t[n_adv:]]) for a, t in zip(adv, batch_neg)]
         x = _cat(_rows(pos, pi), batch_neg)
         y = torch.cat([torch.ones(half, dtype=torch.long), torch.zeros(half, dtype=torch.long)])
         optimiser.zero_grad(set_to_none=True)
-        loss = objective(adapter.logits(x), y, settings.loss)
+        loss = objective(head.logits(x), y, settings.loss)
         loss.backward()
         if settings.sam:
-            _sam_second_pass(adapter, params, x, y, settings)
+            _sam_second_pass(head, params, x, y, settings)
         optimiser.step()
         losses.append(loss.item())
         if progress:
             progress(step + 1, settings.steps)
-    adapter.module.eval()
+    head.eval()
     return losses
 
 
@@ -190,7 +164,7 @@ def objective(logits: torch.Tensor, y: torch.Tensor, loss: str = "ce") -> torch.
     return 0.5 * cvar + 0.5 * auc
 
 
-def _sam_second_pass(adapter: Adapter, params, x, y, settings: TrainSettings) -> None:
+def _sam_second_pass(head: PromptHead, params, x, y, settings: TrainSettings) -> None:
     """Sharpness-aware minimisation (Foret et al., 2021): move the weights to the worst point within
     an L2 ball of radius rho along the current gradient, take the gradient there, move back; the base
     optimiser then steps with that gradient."""
@@ -205,7 +179,7 @@ def _sam_second_pass(adapter: Adapter, params, x, y, settings: TrainSettings) ->
             moves.append(e)
     for p in params:
         p.grad = None
-    objective(adapter.logits(x), y, settings.loss).backward()
+    objective(head.logits(x), y, settings.loss).backward()
     with torch.no_grad():
         for p, e in zip(params, moves):
             p.sub_(e)
@@ -219,22 +193,22 @@ def _schedule(step: int, total: int, warmup: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def _feature_fgsm(adapter: Adapter, inputs: list[torch.Tensor], eps: float,
+def _feature_fgsm(head: PromptHead, inputs: list[torch.Tensor], eps: float,
                   scales: list[torch.Tensor]) -> list[torch.Tensor]:
     """One FGSM step on the non-target class's cross-entropy, in the head's input space."""
     x = [t.detach().clone().requires_grad_(True) for t in inputs]
     target = torch.zeros(x[0].shape[0], dtype=torch.long)
-    loss = F.cross_entropy(adapter.logits(x), target)
+    loss = F.cross_entropy(head.logits(x), target)
     grads = torch.autograd.grad(loss, x)
     return [(t + eps * scale * g.sign()).detach() for t, g, scale in zip(x, grads, scales)]
 
 
-def _pixel_fgsm(adapter: Adapter, pixels: torch.Tensor, eps: float) -> list[torch.Tensor]:
+def _pixel_fgsm(head: PromptHead, pixels: torch.Tensor, eps: float) -> list[torch.Tensor]:
     """OCC-CLIP's ADA: FGSM in [0, 1] pixel space through the frozen tower, then the trunk's features."""
-    prep = adapter.preprocess
+    prep = head.preprocess
     unit = prep.to_unit(pixels).detach().requires_grad_(True)
     target = torch.zeros(pixels.shape[0], dtype=torch.long)
-    loss = F.cross_entropy(adapter.logits(adapter.pixel_inputs(prep.from_unit(unit))), target)
+    loss = F.cross_entropy(head.logits(head.pixel_inputs(prep.from_unit(unit))), target)
     (grad,) = torch.autograd.grad(loss, unit)
     perturbed = (unit + eps * grad.sign()).clamp(0, 1).detach()
-    return [t.detach() for t in adapter.trunk_inputs(prep.from_unit(perturbed))]
+    return [t.detach() for t in head.trunk_inputs(prep.from_unit(perturbed))]

@@ -1,132 +1,58 @@
 """One source's verifier: fit on target + non-target features, score, threshold (scikit-learn style).
 
-``Verifier(kind=...)`` holds the parameters; ``fit`` learns the prompt tokens on the frozen backbone,
-estimates held-out scores by cross-validation over the shots, and calibrates a threshold at the
+``Verifier(config)`` holds a :class:`occ.config.VerifierConfig`; ``fit`` builds the config's kind of
+head (:mod:`occ.heads`, :data:`occ.config.KINDS`) on the frozen backbone, estimates held-out scores by
+cross-validation over the shots, fits the head on all of them, and calibrates a threshold at the
 requested false-accept rate (:mod:`occ.calibration`); learned state lives in attributes ending in ``_``.
-
-Kinds:
-
-* ``"visual"`` (default for image-only towers): :class:`occ.prompts.VisualPrompts`;
-* ``"text"`` (OCC-CLIP proper, needs a text tower): :class:`occ.prompts.TextPrompts`;
-* ``"probe"`` (USIA-style, ``--method probe``): :class:`occ.probe.ProbeHead`, a logistic probe on the
-  CLS token of an intermediate block chosen by cross-validation; no prompt tokens.
 
 Raw scores are ``logit(target) - logit(non-target)``; :meth:`Verifier.score` gives the calibrated
 probability, comparable across sources.
+
+The verifier owns its saved form: :meth:`Verifier.save` writes a folder with ``verifier.json`` (config,
+calibration, fit facts and provenance) and ``verifier.safetensors`` (the head's fitted tensors, whatever
+the kind stores), :meth:`Verifier.load` reads it back; :meth:`to_saved` / :meth:`from_saved` are the
+same in memory (what the registry stores and checks, without knowing the keys). A verifier is refused on
+any backbone but the one it was fitted on (:func:`check_backbone`, the one place that checks).
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from occ.backbones.base import Backbone, Trunk, patch_keys_values
-from occ.calibration import DEFAULT_FAR, DEFAULT_TARGET_TPR, Calibration, check_far, check_tpr
-from occ.errors import RegistryError, UsageError
-from occ.probe import ProbeHead
-from occ.prompts import PromptTemplate, TextPrompts, VisualPrompts, cls_attention_stats
-from occ.training import Adapter, TrainSettings, train
+from occ.backbones.base import Backbone, Trunk
+from occ.calibration import Calibration
+from occ.config import KINDS, VerifierConfig
+from occ.errors import RegistryError, UsageError, first_line
+from occ.heads import Head, TrunkBatch
+from occ.registry.schema import META_FILE, TENSOR_FILE
 
 VERIFIER_FORMAT = "occ-verifier"
-KINDS = ("visual", "text", "probe")
-DEFAULT_TEMPLATES = {"visual": "visual-mid-attn", "text": "occ-clip", "probe": None}
-DEFAULT_FOLDS = 3
+# The keys of verifier.json the verifier writes; every other key is provenance, kept as it is.
+OWN_KEYS = ("format", "kind", "template", "settings", "folds", "calibration", "backbone_fingerprint", "n_target",
+            "n_nontarget", "fit_seconds")
 
 Progress = Callable[[str, int, int], None]
+Features = Trunk | TrunkBatch
 
 
-class _VisualAdapter(Adapter):
-    def __init__(self, head: VisualPrompts, backbone: Backbone):
-        self.module = head
-        self.backbone = backbone
-        self.preprocess = backbone.preprocess
-
-    def from_trunk(self, trunk: Trunk, shared: dict | None = None) -> list[torch.Tensor]:
-        head = self.module
-        with torch.no_grad():
-            pairs = []
-            for b in head.blocks:
-                key = ("kv", b)
-                if shared is not None and key in shared:
-                    pairs.append(shared[key])
-                    continue
-                kv = head.keys_values(trunk.kv[b], b)
-                if shared is not None:
-                    shared[key] = kv
-                pairs.append(kv)
-        return [trunk.cls[:, head.first].float()] + [t for kv in pairs for t in kv]
-
-    def logits(self, inputs):
-        kv = list(zip(inputs[1::2], inputs[2::2]))
-        return self.module(inputs[0], kv)
-
-    def raw(self, trunk: Trunk, shared: dict | None = None) -> torch.Tensor:
-        head = self.module
-        if not head.single_attention:
-            return super().raw(trunk, shared)
-        # One block read out after its attention: share the CLS token's attention over the patches.
-        shared = {} if shared is None else shared
-        key = ("cls-attention", head.first)
-        if key not in shared:
-            k, v = self.from_trunk(trunk, shared)[1:3]
-            shared[key] = cls_attention_stats(self.backbone.block(head.first), trunk.cls[:, head.first], k, v)
-        return head.raw_from_stats(trunk.cls[:, head.first], shared[key])
-
-    def pixel_inputs(self, pixels):
-        hidden, _ = self.backbone.hidden_states(pixels)
-        head = self.module
-        kv = [head.keys_values(patch_keys_values(self.backbone.block(b), hidden[b]), b) for b in head.blocks]
-        return [hidden[head.first][:, 0]] + [t for pair in kv for t in pair]
-
-    def trunk_inputs(self, pixels):
-        return self.from_trunk(self.backbone.trunk(pixels, self.module.blocks))
+def enrolled_on(meta: dict) -> str | None:
+    """The backbone fingerprint a saved verifier (its ``verifier.json``) was fitted on."""
+    fingerprint = meta.get("backbone_fingerprint")
+    return fingerprint if isinstance(fingerprint, str) else None
 
 
-class _TextAdapter(Adapter):
-    def __init__(self, head: TextPrompts, backbone: Backbone):
-        self.module = head
-        self.backbone = backbone
-        self.preprocess = backbone.preprocess
-
-    def from_trunk(self, trunk: Trunk, shared: dict | None = None) -> list[torch.Tensor]:
-        return [trunk.embeds.float()]
-
-    def logits(self, inputs):
-        return self.module(inputs[0])
-
-    def pixel_inputs(self, pixels):
-        return [self.backbone.hidden_states(pixels)[1]]
-
-    def trunk_inputs(self, pixels):
-        return self.from_trunk(self.backbone.trunk(pixels))
-
-
-class _ProbeAdapter(Adapter):
-    def __init__(self, head: ProbeHead, backbone: Backbone):
-        self.module = head
-        self.backbone = backbone
-
-    def from_trunk(self, trunk: Trunk, shared: dict | None = None) -> list[torch.Tensor]:
-        return [trunk.cls]
-
-    def logits(self, inputs):
-        return self.module(inputs[0])
-
-
-def _build_head(kind: str, backbone: Backbone, template: PromptTemplate | None, seed: int):
-    generator = torch.Generator().manual_seed(seed)
-    if kind == "probe":
-        head = ProbeHead(backbone.num_layers, backbone.hidden_size)
-        return head, _ProbeAdapter(head, backbone)
-    if kind == "visual":
-        head = VisualPrompts(backbone, template, generator)
-        return head, _VisualAdapter(head, backbone)
-    head = TextPrompts(backbone, template, generator)
-    return head, _TextAdapter(head, backbone)
+def check_backbone(meta: dict, backbone: Backbone, name: str) -> None:
+    """RegistryError unless the saved verifier ``meta`` was fitted on ``backbone``."""
+    theirs = enrolled_on(meta)
+    if theirs != backbone.fingerprint:
+        raise RegistryError(f"source '{name}' was enrolled on backbone {theirs or '(unknown)'}; the backbone in use "
+                            f"is {backbone.fingerprint}; re-enroll it or select that backbone")
 
 
 def _folds(n: int, k: int, generator: torch.Generator) -> list[torch.Tensor]:
@@ -135,34 +61,31 @@ def _folds(n: int, k: int, generator: torch.Generator) -> list[torch.Tensor]:
 
 
 class Verifier:
-    """A one-class verifier for one source on a frozen CLIP.
+    """A one-class verifier for one source on a frozen CLIP, made as ``config`` says.
 
-    Parameters: ``kind`` ("visual" or "text"), ``template`` (a prompt template name or JSON path;
-    defaults per kind), ``settings`` (:class:`occ.training.TrainSettings`), ``far`` and
-    ``target_tpr`` (the threshold rules, see :mod:`occ.calibration`), ``folds`` (cross-validation
-    folds for calibration).
+    ``provenance``: facts stored with the verifier that it does not use itself (source name, training
+    image hashes, negatives used, time of enrollment); set by :func:`occ.enrollment.enroll`.
     """
 
-    def __init__(self, kind: str = "visual", template: str | None = None, settings: TrainSettings | None = None,
-                 far: float = DEFAULT_FAR, folds: int = DEFAULT_FOLDS, target_tpr: float = DEFAULT_TARGET_TPR):
-        if kind not in KINDS:
-            raise UsageError(f"unknown verifier kind {kind!r}; choose from {', '.join(KINDS)}")
-        check_far(far)
-        check_tpr(target_tpr)
-        self.kind = kind
-        self.template = template or DEFAULT_TEMPLATES[kind]
-        self.settings = settings or TrainSettings()
-        self.far = far
-        self.target_tpr = target_tpr
-        self.folds = folds
+    def __init__(self, config: VerifierConfig | None = None):
+        self.config = config if config is not None else VerifierConfig()
+        if not isinstance(self.config, VerifierConfig):
+            raise UsageError(f"Verifier takes a VerifierConfig, not {type(self.config).__name__}")
+        self.provenance: dict = {}
+
+    @property
+    def kind(self) -> str:
+        return self.config.kind
+
+    @property
+    def settings(self):
+        return self.config.settings
 
     # -- fitting -------------------------------------------------------------------------------
 
     def kv_blocks(self, backbone: Backbone) -> tuple[int, ...]:
         """Blocks whose patch keys/values this verifier needs from the trunk."""
-        if self.kind != "visual":
-            return ()
-        return VisualPrompts(backbone, PromptTemplate.load(self.template)).blocks
+        return self.config.head_class.needed_blocks(backbone, self.config.template)
 
     def fit(self, backbone: Backbone, pos: Trunk, neg: Trunk, *, neg_pixels: torch.Tensor | None = None,
             progress: Progress | None = None) -> Verifier:
@@ -173,74 +96,69 @@ class Verifier:
         if n_neg < 2:
             raise UsageError(f"need at least 2 non-target images, got {n_neg}")
         start = time.perf_counter()
-        template = PromptTemplate.load(self.template) if self.template else None
-        k = max(2, min(self.folds, n_pos))
+        k = max(2, min(self.config.folds, n_pos))
         generator = torch.Generator().manual_seed(self.settings.seed)
         pos_folds, neg_folds = _folds(n_pos, k, generator), _folds(n_neg, k, generator)
         held_pos, held_neg = [], []
-        total_runs = k + 1
         for fold in range(k):
             train_pos = torch.cat([f for i, f in enumerate(pos_folds) if i != fold])
             train_neg = torch.cat([f for i, f in enumerate(neg_folds) if i != fold])
-            head, adapter = self._train(backbone, template, pos.select(train_pos), neg.select(train_neg),
-                                        neg_pixels[train_neg] if neg_pixels is not None else None,
-                                        progress, fold, total_runs)
-            held_pos.append(self._raw(adapter, pos.select(pos_folds[fold])))
-            held_neg.append(self._raw(adapter, neg.select(neg_folds[fold])))
-        head, adapter = self._train(backbone, template, pos, neg, neg_pixels, progress, k, total_runs)
-        self.template_ = template
-        self.head_ = head
-        self.adapter_ = adapter
-        self.calibration_ = Calibration.fit(np.concatenate(held_pos), np.concatenate(held_neg), self.far,
-                                            self.target_tpr)
+            head = self._train(backbone, pos.select(train_pos), neg.select(train_neg),
+                               neg_pixels[train_neg] if neg_pixels is not None else None, progress, fold, k + 1)
+            held_pos.append(_raw(head, TrunkBatch(pos.select(pos_folds[fold]), backbone)))
+            held_neg.append(_raw(head, TrunkBatch(neg.select(neg_folds[fold]), backbone)))
+        self.head_ = self._train(backbone, pos, neg, neg_pixels, progress, k, k + 1)
+        self.backbone_ = backbone
+        self.calibration_ = Calibration.fit(np.concatenate(held_pos), np.concatenate(held_neg), self.config.far,
+                                            self.config.target_tpr)
         self.backbone_fingerprint_ = backbone.fingerprint
         self.n_pos_, self.n_neg_ = n_pos, n_neg
         self.fit_seconds_ = time.perf_counter() - start
         return self
 
-    def _train(self, backbone, template, pos: Trunk, neg: Trunk, neg_pixels, progress, run, total_runs):
-        head, adapter = _build_head(self.kind, backbone, template, self.settings.seed)
-        pos_in, neg_in = adapter.from_trunk(pos), adapter.from_trunk(neg)
-        if self.kind == "probe":
-            head.fit(pos_in[0], neg_in[0], self.settings.seed)
+    def _train(self, backbone, pos: Trunk, neg: Trunk, neg_pixels, progress, run: int, runs: int) -> Head:
+        head = self.config.head_class.create(backbone, self.config.template,
+                                             torch.Generator().manual_seed(self.settings.seed))
+
+        def step_progress(done, total):
             if progress:
-                progress("train", run + 1, total_runs)
-            return head, adapter
-        if self.kind == "visual":
-            head.initialise(pos_in[0], neg_in[0], list(zip(pos_in[1::2], pos_in[2::2])),
-                            list(zip(neg_in[1::2], neg_in[2::2])))
-        steps = self.settings.steps
+                progress("train", run * total + done, runs * total)
 
-        def step_progress(done, _total):
-            if progress:
-                progress("train", run * steps + done, total_runs * steps)
+        head.fit(TrunkBatch(pos, backbone), TrunkBatch(neg, backbone), self.settings, neg_pixels=neg_pixels,
+                 progress=step_progress)
+        return head
 
-        train(adapter, pos_in, neg_in, self.settings, neg_pixels=neg_pixels, progress=step_progress)
-        return head, adapter
-
-    @staticmethod
-    def _raw(adapter, trunk: Trunk, shared: dict | None = None) -> np.ndarray:
-        with torch.no_grad():
-            return adapter.raw(trunk, shared).double().numpy()
+    def describe(self) -> str:
+        """What was fitted, read from the fitted head and the settings it was trained with."""
+        self._check_fitted()
+        s = self.settings
+        text = self.head_.describe()
+        if self.head_.trains:
+            text += f", loss {s.loss}{' + SAM' if s.sam else ''}, adversarial {s.adversarial}, {s.steps} steps"
+        return f"{text}, seed {s.seed}"
 
     # -- scoring -------------------------------------------------------------------------------
 
     def _check_fitted(self):
-        if not hasattr(self, "head_"):
+        if not hasattr(self, "calibration_"):
             raise UsageError("this verifier is not fitted yet")
+        if self.head_ is None:
+            raise UsageError("this verifier was loaded without a backbone: load it with one to score images")
 
-    def decision_function(self, trunk: Trunk, shared: dict | None = None) -> np.ndarray:
-        """Raw scores (higher = more like the source). ``shared`` caches per-batch work across verifiers."""
+    def decision_function(self, features: Features) -> np.ndarray:
+        """Raw scores (higher = more like the source) of trunk features or a :class:`TrunkBatch` (whose
+        shared per-batch work is reused across the verifiers that score it)."""
         self._check_fitted()
-        return self._raw(self.adapter_, trunk, shared)
+        batch = features if isinstance(features, TrunkBatch) else TrunkBatch(features, self.backbone_)
+        return _raw(self.head_, batch)
 
-    def score(self, trunk: Trunk, shared: dict | None = None) -> np.ndarray:
+    def score(self, features: Features) -> np.ndarray:
         """Calibrated scores in [0, 1], comparable across sources."""
-        return self.calibration_.probability(self.decision_function(trunk, shared))
+        return self.calibration_.probability(self.decision_function(features))
 
-    def predict(self, trunk: Trunk, shared: dict | None = None) -> np.ndarray:
+    def predict(self, features: Features) -> np.ndarray:
         """True where the image is accepted as coming from the source."""
-        return self.calibration_.accept(self.decision_function(trunk, shared))
+        return self.calibration_.accept(self.decision_function(features))
 
     @property
     def threshold(self) -> float:
@@ -249,61 +167,88 @@ class Verifier:
 
     def set_threshold(self, far: float | None = None, target_tpr: float | None = None) -> Verifier:
         """Re-choose the threshold for other rates from the stored held-out scores (no retraining)."""
-        self._check_fitted()
+        if not hasattr(self, "calibration_"):
+            raise UsageError("this verifier is not fitted yet")
         self.calibration_ = self.calibration_.with_far(far, target_tpr)
-        self.far, self.target_tpr = self.calibration_.far, self.calibration_.target_tpr
+        self.config = VerifierConfig(kind=self.config.kind, template=self.config.template, settings=self.settings,
+                                     far=self.calibration_.far, target_tpr=self.calibration_.target_tpr,
+                                     folds=self.config.folds)
         return self
 
-    # -- persistence ---------------------------------------------------------------------------
+    # -- saved form ----------------------------------------------------------------------------
 
     def to_saved(self) -> tuple[dict[str, torch.Tensor], dict]:
-        """(tensors, metadata) for the registry: safetensors + JSON, nothing executable."""
-        self._check_fitted()
-        tensors = {k: v.detach().contiguous().clone() for k, v in self.head_.state_dict().items()}
-        meta = {
-            "format": VERIFIER_FORMAT,
-            "kind": self.kind,
-            "template": self.template_.to_dict() if self.template_ else None,
-            "settings": self.settings.to_dict(),
-            "folds": self.folds,
-            "calibration": self.calibration_.to_dict(),
-            "backbone_fingerprint": self.backbone_fingerprint_,
-            "n_target": self.n_pos_,
-            "n_nontarget": self.n_neg_,
-            "fit_seconds": round(self.fit_seconds_, 3),
-        }
+        """(tensors, metadata): the contents of ``verifier.safetensors`` and ``verifier.json``."""
+        if not hasattr(self, "calibration_"):
+            raise UsageError("this verifier is not fitted yet")
+        tensors = self.head_.saved_tensors() if self.head_ is not None else dict(self._tensors)
+        meta = dict(self.provenance)
+        meta.update({"format": VERIFIER_FORMAT, **self.config.to_dict(), "calibration": self.calibration_.to_dict(),
+                     "backbone_fingerprint": self.backbone_fingerprint_, "n_target": self.n_pos_,
+                     "n_nontarget": self.n_neg_, "fit_seconds": round(self.fit_seconds_, 3)})
         return tensors, meta
 
     @classmethod
-    def from_saved(cls, backbone: Backbone, tensors: dict[str, torch.Tensor], meta: dict,
+    def from_saved(cls, backbone: Backbone | None, tensors: dict[str, torch.Tensor], meta: dict,
                    name: str = "?") -> Verifier:
-        """Rebuild a fitted verifier; refuses one made on another backbone."""
+        """Rebuild a fitted verifier; refuses one made on another backbone. With ``backbone`` None the
+        head is not built: the verifier can change its threshold and be saved again, but not score."""
         if meta.get("format") != VERIFIER_FORMAT or meta.get("kind") not in KINDS:
             raise RegistryError(f"source '{name}': not an occ verifier (format {meta.get('format')!r})")
-        if meta.get("backbone_fingerprint") != backbone.fingerprint:
-            raise RegistryError(
-                f"source '{name}' was enrolled on backbone {meta.get('backbone_fingerprint')}; "
-                f"the backbone in use is {backbone.fingerprint}"
-            )
+        if backbone is not None:
+            check_backbone(meta, backbone, name)
         try:
-            template = PromptTemplate(**meta["template"]) if meta["template"] is not None else None
-            settings = TrainSettings(**meta["settings"])
-            verifier = cls(meta["kind"], template.name if template else None, settings,
-                           meta["calibration"]["far"], meta["folds"], meta["calibration"]["target_tpr"])
-            head, adapter = _build_head(meta["kind"], backbone, template, settings.seed)
-            head.load_state_dict(tensors, strict=True)
-            verifier.calibration_ = Calibration.from_dict(meta["calibration"])
-        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise RegistryError(f"source '{name}': verifier data does not fit its kind ({reason})") from None
-        head.eval()
-        verifier.template_ = template
-        verifier.head_, verifier.adapter_ = head, adapter
+            config = VerifierConfig.from_dict(meta, meta["calibration"])
+            calibration = Calibration.from_dict(meta["calibration"])
+            head = None
+            if backbone is not None:
+                head = config.head_class.create(backbone, config.template,
+                                                torch.Generator().manual_seed(config.settings.seed))
+                head.load_saved(tensors)
+        except (KeyError, TypeError, ValueError, RuntimeError, UsageError) as exc:
+            raise RegistryError(f"source '{name}': verifier data does not fit its kind ({first_line(exc)})") from None
+        verifier = cls(config)
+        verifier.provenance = {k: v for k, v in meta.items() if k not in OWN_KEYS}
+        verifier.calibration_ = calibration
+        verifier.head_, verifier.backbone_ = head, backbone
+        verifier._tensors = dict(tensors)
         verifier.backbone_fingerprint_ = meta["backbone_fingerprint"]
         verifier.n_pos_, verifier.n_neg_ = meta.get("n_target", 0), meta.get("n_nontarget", 0)
         verifier.fit_seconds_ = meta.get("fit_seconds", 0.0)
         return verifier
 
-    def with_settings(self, **changes) -> Verifier:
-        return Verifier(self.kind, self.template, replace(self.settings, **changes), self.far, self.folds,
-                        self.target_tpr)
+    def save(self, folder: str | Path) -> Path:
+        """Write ``verifier.json`` and ``verifier.safetensors`` into ``folder`` (made if needed)."""
+        from safetensors.torch import save_file
+
+        tensors, meta = self.to_saved()
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        save_file(tensors, str(folder / TENSOR_FILE))
+        (folder / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True, allow_nan=False) + "\n")
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path, backbone: Backbone | None, name: str | None = None) -> Verifier:
+        """Read a folder written by :meth:`save` (or a registry version folder). Tensors are parsed with
+        safetensors, never unpickled."""
+        from safetensors.torch import load_file
+
+        folder = Path(folder)
+        name = name or folder.name
+        try:
+            meta = json.loads((folder / META_FILE).read_text(encoding="utf-8"))
+            tensors = load_file(str(folder / TENSOR_FILE))
+        except OSError as exc:
+            raise RegistryError(f"cannot read verifier folder {folder}: {first_line(exc)}") from None
+        except Exception as exc:  # invalid JSON or safetensors: the parsers raise their own types
+            raise RegistryError(f"verifier folder {folder} is damaged ({first_line(exc)})") from None
+        if not isinstance(meta, dict):
+            raise RegistryError(f"verifier folder {folder} is damaged ({META_FILE} is not a JSON object)")
+        return cls.from_saved(backbone, tensors, meta, name)
+
+
+def _raw(head: Head, batch: TrunkBatch) -> np.ndarray:
+    with torch.no_grad():
+        return head.raw(batch).double().numpy()
+

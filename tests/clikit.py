@@ -17,8 +17,9 @@ import traceback
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-import tiny_clip
 from typer.testing import CliRunner
+
+from occ.testing import tiny_clip
 
 REPO = Path(__file__).resolve().parents[1]
 VERIFY_KEYS = {"path", "source", "score", "threshold", "accepted"}
@@ -158,7 +159,7 @@ def run_occ(*args, timeout: float = 180, **env: str) -> subprocess.CompletedProc
 # prints "at STEP" on stderr and sleeps until killed. argv: STEP occ-arguments...
 FAULT_CHILD = r"""
 import sys, time
-import occ.registry as registry
+import occ.registry.store as registry
 stop_at = sys.argv[1]
 
 def hook(step):

@@ -33,7 +33,8 @@ import os
 from pathlib import Path
 
 import pytest
-import tiny_clip
+
+from occ.testing import tiny_clip
 
 # The value of OCC_CACHE_DIR before any fixture changed it (None when the environment sets none).
 _ORIGINAL_CACHE_DIR = os.environ.get("OCC_CACHE_DIR") or None

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import tiny_clip
 import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
@@ -19,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from occ.backbones import Preprocessing, Trunk, load_backbone
 from occ.backbones.base import CLIP_MEAN, CLIP_STD, PREPROCESS_VERSION
 from occ.errors import BackboneError
+from occ.testing import tiny_clip
 
 
 def one_line(exc: pytest.ExceptionInfo) -> str:

@@ -27,7 +27,7 @@ import pytest
 import torch
 from clikit import check_attribute_row, check_verify_row, invoke
 
-from occ.registry import _checksum
+from occ.registry.schema import _checksum
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="kill -9 and fault injection are POSIX here")
 

@@ -19,13 +19,13 @@ import time
 from pathlib import Path
 
 import clikit
-import imagegen
 import numpy as np
 import pytest
 from clikit import check_attribute_row, check_error_row, check_verify_row, invoke
 from PIL import Image
 
 from occ.images import display_path
+from occ.testing import imagegen
 
 
 @pytest.fixture(scope="module")

@@ -29,10 +29,10 @@ from occ.backbones.embedded import (
     WHEEL_SHA256,
     embedded_dir,
     ensure_embedded,
-    sha256_file,
 )
 from occ.errors import BackboneError
 from occ.images import load_image
+from occ.paths import sha256_file
 
 N_PHOTOS = 24
 BLOCKS = (0, 6, 11)

@@ -16,12 +16,12 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-import tiny_clip
 from PIL import Image
 
 from occ import evaluation, metrics
 from occ.errors import OccError, UsageError
 from occ.perturb import parse_perturb_spec
+from occ.testing import tiny_clip
 
 N_EVAL = 6  # images per evaluation folder: few on purpose (fast, and the small-sample warnings fire)
 
@@ -67,6 +67,7 @@ def make_root(root: Path, mapping: dict[str, str], seeds=range(100, 100 + N_EVAL
 @pytest.fixture(scope="module")
 def ev(tmp_path_factory, tiny_vision_backbone, tiny_vision_dir):
     """A registry with sources 'smooth' and 'rough' and an evaluation root (smooth/, rough/, unknown/)."""
+    from occ.config import VerifierConfig
     from occ.enrollment import enroll
     from occ.registry import Registry
     from occ.training import TrainSettings
@@ -78,7 +79,7 @@ def ev(tmp_path_factory, tiny_vision_backbone, tiny_vision_dir):
     for name, family in (("smooth", tiny_clip.gradient_image), ("rough", tiny_clip.noise_image)):
         shots = save_family(base / "train" / name, family, range(8))
         enroll(registry, name, [shots], backbone=tiny_vision_backbone,
-               verifier=Verifier(kind="visual", settings=TrainSettings(steps=5, batch_size=8)),
+               verifier=Verifier(VerifierConfig(kind="visual", settings=TrainSettings(steps=5, batch_size=8))),
                negatives=[negatives], use_bank=False, backbone_spec=str(tiny_vision_dir))
     root = make_root(base / "root", {"smooth": "smooth", "rough": "rough", "unknown": "unknown"})
     return SimpleNamespace(base=base, registry=registry, backbone=tiny_vision_backbone,

@@ -8,7 +8,6 @@ import pickle
 from pathlib import Path
 
 import pytest
-import tiny_clip
 import torch
 from PIL import Image
 from safetensors.torch import load as st_load
@@ -18,6 +17,7 @@ from safetensors.torch import save as st_save
 from occ.errors import ImageError
 from occ.features import FEATURE_FORMAT, FeatureCache, FeatureExtractor, derived_key
 from occ.images import load_image
+from occ.testing import tiny_clip
 
 
 def write_images(folder: Path, n: int, start: int = 0, prefix: str = "img") -> list[Path]:

@@ -29,11 +29,7 @@ from occ.images import (
     iter_paths,
     load_image,
 )
-
-try:
-    from tests import imagegen
-except ImportError:  # tests/ is not a package: pytest put this folder on sys.path
-    import imagegen
+from occ.testing import imagegen
 
 REPO = Path(__file__).resolve().parents[1]
 

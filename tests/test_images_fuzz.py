@@ -20,11 +20,7 @@ from PIL import Image
 
 from occ.errors import ImageError
 from occ.images import LoadedImage, display_path, is_image_signature, load_image
-
-try:
-    from tests import imagegen
-except ImportError:  # tests/ is not a package: pytest put this folder on sys.path
-    import imagegen
+from occ.testing import imagegen
 
 # Fuzzed headers may declare big sizes; a lower limit keeps each example fast while still exercising
 # both sides of the size check.

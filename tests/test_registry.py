@@ -19,7 +19,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import occ.registry as registry_module
+import occ.registry.schema as registry_schema
 from occ.errors import RegistryError, UsageError
 from occ.registry import SCHEMA_VERSION, Registry, SourceRecord, validate_name
 
@@ -431,7 +431,7 @@ def test_bad_tensors_are_refused(reg: Registry, tensors: object) -> None:
 
 
 def test_tensor_size_limit(reg: Registry, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(registry_module, "MAX_TENSOR_BYTES", 100)
+    monkeypatch.setattr(registry_schema, "MAX_TENSOR_BYTES", 100)
     with pytest.raises(UsageError, match="at most 100"):
         reg.save("a", {"w": torch.zeros(100)}, {})
 
@@ -618,17 +618,24 @@ def test_newer_registry_schema_is_refused(saved: Registry) -> None:
 
 
 def test_fingerprint_check(saved: Registry) -> None:
-    tensors, _ = saved.load("midjourney", expected_fingerprint="clip-b16@abc123")
+    # The store does not read the verifier's keys; the one backbone check is the verifier's, on the
+    # metadata the store returns.
+    from types import SimpleNamespace
+
+    from occ.verifier import check_backbone
+
+    tensors, meta = saved.load("midjourney")
     assert_same_tensors(tensors, make_tensors(1))
+    check_backbone(meta, SimpleNamespace(fingerprint="clip-b16@abc123"), "midjourney")
     with pytest.raises(RegistryError) as exc:
-        saved.load("midjourney", expected_fingerprint="siglip@fff")
+        check_backbone(meta, SimpleNamespace(fingerprint="siglip@fff"), "midjourney")
     assert one_line(exc) == (
         "source 'midjourney' was enrolled on backbone clip-b16@abc123; the backbone in use is siglip@fff; "
         "re-enroll it or select that backbone"
     )
     saved.save("nofp", make_tensors(), {})
     with pytest.raises(RegistryError, match="enrolled on backbone \\(unknown\\); the backbone in use is x"):
-        saved.load("nofp", expected_fingerprint="x")
+        check_backbone(saved.load("nofp")[1], SimpleNamespace(fingerprint="x"), "nofp")
 
 
 class _Payload:
@@ -691,7 +698,7 @@ def test_pickle_in_place_of_tensors_is_not_executed(
 
 
 def test_lock_timeout(saved: Registry, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(registry_module, "LOCK_TIMEOUT", 0.2)
+    monkeypatch.setattr(registry_schema, "LOCK_TIMEOUT", 0.2)
     before = snapshot(saved.root)
     with filelock.FileLock(str(saved.root / ".lock")):
         with pytest.raises(RegistryError) as exc:
@@ -1044,7 +1051,7 @@ def test_hostile_archive_writes_nothing(
     if registry_exists:
         reg.save("keep", make_tensors(2), {"a": 1})
     if case == "declared-too-big":
-        monkeypatch.setattr(registry_module, "MAX_TENSOR_BYTES", 64)
+        monkeypatch.setattr(registry_schema, "MAX_TENSOR_BYTES", 64)
     archive = tmp_path / "hostile.zip"
     build(good_members, archive)
     before = snapshot(reg.root)

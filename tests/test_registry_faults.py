@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import occ.registry as registry_module
+import occ.registry.files as registry_files
 from occ.errors import RegistryError, UsageError
 from occ.registry import Registry
 
@@ -43,7 +43,7 @@ def context() -> mp.context.BaseContext:
 
 def _crash_child(root: str, name: str, stop_at: str | None, conn) -> None:
     """Save a 50 MB source under replace, reporting each step; sleep at ``stop_at`` until killed."""
-    import occ.registry as registry
+    import occ.registry.store as registry
 
     def hook(step: str) -> None:
         conn.send(step)
@@ -292,18 +292,18 @@ def test_reader_retries_when_the_version_vanishes_under_it(tmp_path: Path, monke
     reading CURRENT and its opening the version folder."""
     reg = Registry(tmp_path / "reg")
     reg.save("hot", {"w": torch.zeros(10)}, {"gen": 0})
-    real_read = registry_module._read_regular
+    real_read = registry_files.read_regular
     state = {"fired": False}
 
     def racing_read(path: Path, limit: int) -> bytes:
         if path.name == "verifier.json" and not state["fired"]:
             state["fired"] = True
-            monkeypatch.setattr(registry_module, "_read_regular", real_read)
+            monkeypatch.setattr(registry_files, "read_regular", real_read)
             Registry(reg.root).save("hot", {"w": torch.ones(10)}, {"gen": 1}, replace=True)
             assert not path.parent.exists()
         return real_read(path, limit)
 
-    monkeypatch.setattr(registry_module, "_read_regular", racing_read)
+    monkeypatch.setattr(registry_files, "read_regular", racing_read)
     tensors, meta = reg.load("hot")
     assert state["fired"]
     assert meta["gen"] == 1 and bool((tensors["w"] == 1).all())
@@ -571,7 +571,7 @@ def test_real_full_and_read_only_filesystem(tmp_path: Path) -> None:
         pytest.skip("needs unshare and mount")
     mount = tmp_path / "mnt"
     mount.mkdir()
-    repo = Path(registry_module.__file__).resolve().parents[1]
+    repo = Path(registry_files.__file__).resolve().parents[2]
     env = dict(
         os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(repo), os.environ.get("PYTHONPATH")]))
     )

@@ -11,15 +11,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import tiny_clip
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from occ.backbones import load_backbone
+from occ.config import VerifierConfig
 from occ.errors import RegistryError, UsageError
 from occ.prompts import PromptTemplate, TextPrompts
+from occ.testing import tiny_clip
 from occ.training import TrainSettings
 from occ.verifier import Verifier
 
@@ -86,7 +87,7 @@ def text_data(tiny_backbone) -> Data:
 def text_fit(tiny_backbone, text_data):
     """A text verifier fitted on the tiny CLIP, with the backbone's state from before the fit."""
     before = state_snapshot(tiny_backbone.text)
-    verifier = Verifier(kind="text", settings=SETTINGS).fit(tiny_backbone, text_data.pos, text_data.neg)
+    verifier = Verifier(VerifierConfig(kind="text", settings=SETTINGS)).fit(tiny_backbone, text_data.pos, text_data.neg)
     return verifier, before
 
 
@@ -207,7 +208,7 @@ def test_text_prompts_need_a_text_tower(tiny_vision_backbone) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-# Verifier(kind="text")
+# Verifier(VerifierConfig(kind="text"))
 
 
 def test_text_fit_leaves_the_backbone_untouched(tiny_backbone, text_fit) -> None:
@@ -290,18 +291,18 @@ def test_reload_with_extra_or_missing_tensors_is_refused(text_fit, tiny_backbone
 
 def test_same_data_and_seed_give_identical_saved_tensors(tiny_backbone, text_fit, text_data) -> None:
     verifier, _ = text_fit
-    again = Verifier(kind="text", settings=SETTINGS).fit(tiny_backbone, text_data.pos, text_data.neg)
+    again = Verifier(VerifierConfig(kind="text", settings=SETTINGS)).fit(tiny_backbone, text_data.pos, text_data.neg)
     a, meta_a = verifier.to_saved()
     b, meta_b = again.to_saved()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert meta_a["calibration"] == meta_b["calibration"]
-    other_seed = Verifier(kind="text", settings=TrainSettings(steps=15, batch_size=8, seed=1))
+    other_seed = Verifier(VerifierConfig(kind="text", settings=TrainSettings(steps=15, batch_size=8, seed=1)))
     c, _ = other_seed.fit(tiny_backbone, text_data.pos, text_data.neg).to_saved()
     assert not torch.equal(a["ctx"], c["ctx"])
 
 
 def test_words_template_fit(tiny_backbone, text_data) -> None:
-    verifier = Verifier(kind="text", template="occ-clip-words", settings=SETTINGS)
+    verifier = Verifier(VerifierConfig(kind="text", template="occ-clip-words", settings=SETTINGS))
     verifier.fit(tiny_backbone, text_data.pos, text_data.neg)
     tensors, meta = verifier.to_saved()
     assert tensors["ctx"].shape == (4, tiny_clip.WIDTH)
@@ -315,7 +316,7 @@ def test_pixel_space_adversarial_fit(tiny_backbone, text_data) -> None:
     neg_pixels = tiny_backbone.preprocess([tiny_clip.gradient_image(s) for s in range(N_TRAIN)])
     before = state_snapshot(tiny_backbone.text)
     settings = TrainSettings(steps=6, batch_size=8, adversarial="pixel", eps=0.03)
-    verifier = Verifier(kind="text", settings=settings, folds=2)
+    verifier = Verifier(VerifierConfig(kind="text", settings=settings, folds=2))
     verifier.fit(tiny_backbone, text_data.pos, text_data.neg, neg_pixels=neg_pixels)
     assert_state_unchanged(tiny_backbone.text, before)
     assert np.isfinite(verifier.decision_function(text_data.held_pos)).all()
@@ -324,16 +325,16 @@ def test_pixel_space_adversarial_fit(tiny_backbone, text_data) -> None:
 def test_text_kind_on_an_image_only_tower_is_refused(tiny_vision_backbone) -> None:
     data = Data(tiny_vision_backbone)
     with pytest.raises(UsageError, match="text tower"):
-        Verifier(kind="text", settings=SETTINGS).fit(tiny_vision_backbone, data.pos, data.neg)
+        Verifier(VerifierConfig(kind="text", settings=SETTINGS)).fit(tiny_vision_backbone, data.pos, data.neg)
 
 
 # --------------------------------------------------------------------------------------------------
-# Verifier(kind="visual") on the image-only tower
+# Verifier(VerifierConfig(kind="visual")) on the image-only tower
 
 
 @pytest.fixture(scope="module")
 def visual_fit(tiny_vision_backbone):
-    verifier = Verifier(kind="visual", settings=SETTINGS)
+    verifier = Verifier(VerifierConfig(kind="visual", settings=SETTINGS))
     blocks = verifier.kv_blocks(tiny_vision_backbone)
     data = Data(tiny_vision_backbone, blocks)
     before = state_snapshot(tiny_vision_backbone.vision)
@@ -370,7 +371,7 @@ def test_visual_save_and_reload_gives_identical_scores(tiny_vision_backbone, vis
 
 def test_visual_fit_is_deterministic(tiny_vision_backbone, visual_fit) -> None:
     verifier, data, _ = visual_fit
-    again = Verifier(kind="visual", settings=SETTINGS).fit(tiny_vision_backbone, data.pos, data.neg)
+    again = Verifier(VerifierConfig(kind="visual", settings=SETTINGS)).fit(tiny_vision_backbone, data.pos, data.neg)
     a, _ = verifier.to_saved()
     b, _ = again.to_saved()
     assert all(torch.equal(a[k], b[k]) for k in a)

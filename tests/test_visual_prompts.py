@@ -9,7 +9,9 @@ import torch
 
 from occ.backbones.base import patch_keys_values
 from occ.backbones.blocks import TowerConfig, load_block
-from occ.prompts import PromptTemplate, VisualPrompts, _cls_path_block, _heads
+from occ.config import VerifierConfig
+from occ.heads import split_heads, split_keys_values
+from occ.prompts import PromptTemplate, VisualPrompts, _cls_path_block
 from occ.training import TrainSettings, objective
 from occ.verifier import Verifier
 
@@ -33,8 +35,8 @@ def test_cls_path_without_prompts_equals_the_full_block(tiny_vision_backbone, hi
             kv = patch_keys_values(layer, hidden[b])
             attn = layer.self_attn
             empty = torch.zeros(1, 0, hidden[b].shape[-1])
-            cls, _ = _cls_path_block(layer, hidden[b][:, :1], empty, _heads(kv[:, 0], attn), _heads(kv[:, 1], attn),
-                                     cls_only=True, mlp=mlp)
+            cls, _ = _cls_path_block(layer, hidden[b][:, :1], empty, split_heads(kv[:, 0], attn),
+                                     split_heads(kv[:, 1], attn), cls_only=True, mlp=mlp)
             if mlp:
                 want = hidden[b + 1][:, 0]
             else:  # the residual stream right after the block's attention sublayer
@@ -64,7 +66,8 @@ def test_shared_prompts_give_the_same_readout_as_per_image_prompts(tiny_vision_b
     # must equal running the same prompts copied for every image.
     template = PromptTemplate.load("visual-mid")
     head = VisualPrompts(tiny_vision_backbone, template, torch.Generator().manual_seed(1))
-    kv = [head.keys_values(patch_keys_values(tiny_vision_backbone.block(b), hidden[b]), b) for b in head.blocks]
+    kv = [split_keys_values(tiny_vision_backbone, b, patch_keys_values(tiny_vision_backbone.block(b), hidden[b]))
+          for b in head.blocks]
     with torch.no_grad():
         shared = head.readout_features(hidden[head.first][:, 0], kv)
         n = hidden[0].shape[0]
@@ -100,7 +103,8 @@ def test_training_options_fit_and_only_prompts_and_head_change(tiny_vision_backb
     pos = tiny_vision_backbone.trunk(warm, blocks)
     neg = tiny_vision_backbone.trunk(cool, blocks)
     before = {k: v.clone() for k, v in tiny_vision_backbone.vision.state_dict().items()}
-    verifier = Verifier(settings=settings).fit(tiny_vision_backbone, pos.select(range(8)), neg.select(range(16)))
+    verifier = Verifier(VerifierConfig(settings=settings))
+    verifier.fit(tiny_vision_backbone, pos.select(range(8)), neg.select(range(16)))
     after = tiny_vision_backbone.vision.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     held_pos = verifier.decision_function(pos.select(range(8, 12)))
@@ -115,7 +119,8 @@ def test_probe_verifier_picks_a_block_and_reloads(tiny_vision_backbone) -> None:
     warm = torch.rand(12, 3, 32, 32) * 0.5 + 0.5
     cool = -torch.rand(24, 3, 32, 32) * 0.5 - 0.5
     pos, neg = tiny_vision_backbone.trunk(warm), tiny_vision_backbone.trunk(cool)
-    verifier = Verifier(kind="probe").fit(tiny_vision_backbone, pos.select(range(8)), neg.select(range(16)))
+    verifier = Verifier(VerifierConfig(kind="probe"))
+    verifier.fit(tiny_vision_backbone, pos.select(range(8)), neg.select(range(16)))
     assert 1 <= int(verifier.head_.block) < tiny_vision_backbone.num_layers
     held = verifier.decision_function(pos.select(range(8, 12)))
     assert held.min() > verifier.decision_function(neg.select(range(16, 24))).max()
@@ -130,7 +135,7 @@ def test_single_attention_prompts_score_from_shared_statistics(tiny_vision_backb
     # CLS token's attention statistics, shared by every source: same scores as the full path, and the
     # statistics are computed once per batch for all verifiers.
     from occ.backbones.base import Trunk
-    from occ.verifier import _VisualAdapter
+    from occ.heads import TrunkBatch
 
     template = PromptTemplate.load("visual-mid-attn")
     heads = []
@@ -145,12 +150,12 @@ def test_single_attention_prompts_score_from_shared_statistics(tiny_vision_backb
     b = heads[0].first
     kv = {b: patch_keys_values(tiny_vision_backbone.block(b), hidden[b]).half()}
     trunk = Trunk(torch.stack(hidden, 1)[:, :, 0], torch.zeros(3, 4), kv)
-    shared: dict = {}
+    batch = TrunkBatch(trunk, tiny_vision_backbone)
     for head in heads:
-        adapter = _VisualAdapter(head, tiny_vision_backbone)
-        fast = adapter.raw(trunk, shared)
+        fast = head.raw(batch)
         with torch.no_grad():
-            logits = adapter.logits(adapter.from_trunk(trunk))
+            logits = head.logits(head.inputs(TrunkBatch(trunk, tiny_vision_backbone)))
         torch.testing.assert_close(fast, logits[:, 1] - logits[:, 0], rtol=1e-4, atol=1e-4)
-    assert [k for k in shared if k[0] == "cls-attention"] == [("cls-attention", b)]
+    # one shared computation per block for both heads
+    assert batch.shared_blocks == {"keys_values": (b,), "cls_attention": (b,)}
     assert not VisualPrompts(tiny_vision_backbone, PromptTemplate.load("visual-mid")).single_attention

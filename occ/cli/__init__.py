@@ -8,19 +8,34 @@ verifier/backbone could not be used; 2 usage errors (unknown source, empty regis
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
 from occ.cli import backbone, enroll, evaluate, score, share, sources
-from occ.cli.common import SCORES_HELP
+from occ.cli.common import SCORES_HELP, TYPER_SETTINGS
 
 app = typer.Typer(
     name="occ",
     help="Which generator made this image? Enroll a source from a few examples, then verify and attribute. "
     + SCORES_HELP,
     no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
+    **TYPER_SETTINGS,
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from occ import __version__
+
+        print(f"occ {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: Annotated[bool, typer.Option("--version", help="Print occ's version and exit.",
+                                                callback=_version, is_eager=True)] = False) -> None:
+    pass
 app.command("enroll")(enroll.enroll)
 app.command("verify")(score.verify)
 app.command("attribute")(score.attribute)

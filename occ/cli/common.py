@@ -3,6 +3,7 @@ errors into one-line messages and exit codes, and the helpers that load the regi
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 from typing import Annotated
@@ -10,19 +11,25 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from occ.errors import ImageError, OccError, UsageError
+from occ.errors import ImageError, OccError, UsageError, one_line
+from occ.paths import display_path
 
 SCORES_HELP = (
     "Scores are calibrated probabilities (0..1) that the image comes from the source, estimated from "
     "held-out cross-validation scores at enrollment with equal priors; they compare across sources. "
-    "A verifier accepts when its score reaches its threshold, chosen so that at most --far of held-out "
-    "non-target images were accepted."
+    "A verifier accepts when its score reaches its threshold, which obeys two rules chosen at enrollment: "
+    "at most --far of held-out non-target images accepted (false accepts), and at most --tpr of held-out "
+    "target images accepted (so the threshold stays strict for images unlike any seen); the stricter wins."
 )
+# Every command group shares these: -h as well as --help; plain help text (no <bool> type column).
+TYPER_SETTINGS = dict(context_settings={"help_option_names": ["-h", "--help"]}, rich_markup_mode=None,
+                      add_completion=False, pretty_exceptions_enable=False)
 
 # soft_wrap: a message is one line whatever the terminal width (scripts split stderr by line);
 # emoji=False: a file name like "a:cat:.png" is shown as it is.
 err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 out = Console(highlight=False, emoji=False)
+PIPED_WIDTH = 10_000  # tables on a pipe or in a file: as wide as their content, nothing cut or wrapped
 
 RegistryOpt = Annotated[
     str | None,
@@ -31,32 +38,51 @@ RegistryOpt = Annotated[
 BackboneOpt = Annotated[
     str | None,
     typer.Option("--backbone", help="'embedded' (default, offline CLIP ViT-B/16), a hub id, or a local CLIP "
-                 "folder. verify/attribute default to the backbone the sources were enrolled on."),
+                 "folder. verify/attribute/eval default to the backbone the sources were enrolled on."),
 ]
-JsonOpt = Annotated[bool, typer.Option("--json", help="One JSON object per image on stdout, nothing else.")]
 
-def one_line(text: str) -> str:
-    return " ".join(str(text).split())
+
+def json_option(what: str):
+    """The --json flag of a command, saying what that command prints."""
+    return typer.Option("--json", help=f"Print {what} on stdout, nothing else (messages stay on stderr).")
 
 
 def markup_line(text) -> str:
-    """``text`` as one line, escaped for rich markup: messages name files, and a file may be called
-    "[bold]x.png" (unescaped, rich would eat the brackets or fail on "[/x]")."""
+    """``text`` as one line (:func:`occ.errors.one_line`), escaped for rich markup: messages name files, and a
+    file may be called "[bold]x.png" (unescaped, rich would eat the brackets or fail on "[/x]")."""
     from rich.markup import escape
 
     return escape(one_line(text))
 
 
 def markup_path(path) -> str:
-    """A path for a table cell: printable (undecodable bytes as \\xNN) and escaped for rich markup."""
+    """A path as every command shows it (:func:`occ.paths.display_path`), escaped for rich markup."""
     from rich.markup import escape
 
-    text = str(path)
-    if not text.isprintable():
-        from occ.images import display_path  # (numpy, Pillow: not for `occ sources`)
+    return escape(display_path(path))
 
-        text = display_path(text)
-    return escape(text)
+
+def print_table(title: str, columns, rows, *, header: bool = True) -> None:
+    """A results table on stdout. Cells wrap on a terminal and are never cut; on a pipe the table is as
+    wide as its content, so names and paths stay whole on one line."""
+    from rich.table import Table
+
+    table = Table(title=title, show_header=header)
+    for col in columns:
+        table.add_column(col, overflow="fold")
+    for row in rows:
+        table.add_row(*row)
+    show(table)
+
+
+def show(renderable) -> None:
+    """Print a table (or other rich renderable) of results on stdout (see :func:`print_table`). Off a
+    terminal, a console as wide as :data:`PIPED_WIDTH` renders it (a console never renders wider than
+    itself), so it takes the width of its content."""
+    if out.is_terminal:
+        out.print(renderable)
+    else:
+        Console(file=out.file, width=PIPED_WIDTH, highlight=False, emoji=False).print(renderable)
 
 
 def handle_errors(func):
@@ -94,46 +120,39 @@ def progress_bar():
 
 def backbone_for(spec: str | None, registry=None, names=None):
     """Load the backbone: the one named, else the one the registry's sources (or those of ``names``)
-    were enrolled on."""
+    were enrolled on (:func:`occ.sources.sources_backbone_spec`)."""
     from occ.backbones import load_backbone
 
     if spec is None and registry is not None:
-        from occ.errors import RegistryError
+        from occ.sources import sources_backbone_spec
 
-        specs, problems = set(), []
-        names = registry.names() if names is None else list(names)
-        for name in names:
-            try:
-                specs.add((registry.info(name).meta.get("backbone") or {}).get("spec"))
-            except OccError as exc:
-                problems.append(exc)
-        specs.discard(None)
-        if len(specs) > 1:
-            raise UsageError(f"sources were enrolled on different backbones ({', '.join(sorted(specs))}); "
-                             "choose one with --backbone")
-        if names and len(problems) == len(names):
-            # No source can be read, so none says which backbone it needs: report the damage instead of
-            # loading (perhaps fetching) the default backbone for nothing.
-            more = f" ({len(problems) - 1} more source(s) cannot be read either)" if len(problems) > 1 else ""
-            raise RegistryError(f"{problems[0]}{more}")
-        spec = specs.pop() if specs else None
-    with err.status("loading backbone", spinner="dots") if err.is_terminal else null_context():
+        spec = sources_backbone_spec(registry, names)
+    with err.status("loading backbone", spinner="dots") if err.is_terminal else contextlib.nullcontext():
         return load_backbone(spec, progress=lambda msg: err.print(msg, markup=False))
 
 
-class null_context:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
 def report_file_error(exc: ImageError, as_json: bool) -> None:
+    """An unreadable input: a JSON line on stdout with per-image --json, else one line on stderr."""
     if as_json:
         print(json.dumps({"path": exc.path, "error": exc.reason}), flush=True)
     else:
         err.print(f"[yellow]skipped[/yellow] {markup_line(exc)}", markup=True)
+
+
+class InputErrors:
+    """The ``on_error`` of a batch: reports each unreadable input (:func:`report_file_error`) and counts them."""
+
+    def __init__(self, as_json: bool):
+        self.as_json, self.count = as_json, 0
+
+    def __call__(self, exc: ImageError) -> None:
+        self.count += 1
+        report_file_error(exc, self.as_json)
+
+
+def report_left_out(name: str, exc: OccError) -> None:
+    """An enrolled source that cannot be used (damaged, another backbone): one line on stderr."""
+    err.print(f"[yellow]source '{name}' left out:[/yellow] {markup_line(exc)}", markup=True)
 
 
 def fmt(x: float) -> str:

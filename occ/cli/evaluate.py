@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Annotated
@@ -14,13 +15,16 @@ from occ.cli.common import (
     backbone_for,
     err,
     handle_errors,
-    null_context,
-    one_line,
+    json_option,
+    markup_line,
+    markup_path,
     open_registry,
     out,
     progress_bar,
+    report_file_error,
+    report_left_out,
+    show,
 )
-from occ.errors import UsageError
 
 
 @handle_errors
@@ -33,8 +37,7 @@ def eval_cmd(
     report_dir: Annotated[Path | None, typer.Option("--report", help="Write report.json, report.md, ROC and "
                                                     "confusion PNGs and scores.csv into this folder (needs "
                                                     "matplotlib, the 'plots' extra of occ).")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the report as one JSON object on stdout, "
-                                          "nothing else.")] = False,
+    as_json: Annotated[bool, json_option("the report as one JSON object")] = False,
     registry: RegistryOpt = None,
     backbone: BackboneOpt = None,
 ) -> None:
@@ -43,10 +46,9 @@ def eval_cmd(
     confusion matrix; optionally under perturbations. Figures resting on fewer than 20 positives or 50
     negatives are flagged as rough.
     """
-    from rich.markup import escape
-
     from occ import evaluation
     from occ.perturb import parse_perturb_spec
+    from occ.sources import require_enrolled
 
     perturbations = parse_perturb_spec(perturb) if perturb is not None else []
     if report_dir is not None:
@@ -54,18 +56,17 @@ def eval_cmd(
         evaluation.check_report_dir(report_dir)
     evaluation.label_folders(root)
     reg = open_registry(registry)
-    if len(reg) == 0:
-        raise UsageError(f"registry {reg.root} is empty: enroll a source first with `occ enroll`")
+    require_enrolled(reg)
     bb = backbone_for(backbone, reg)
     failures, skipped = [], []
 
     def on_error(exc):
         failures.append(exc)
-        err.print(f"[yellow]skipped[/yellow] {escape(one_line(exc))}", markup=True, soft_wrap=True)
+        report_file_error(exc, False)  # the report is the one JSON object on stdout
 
     def on_skip(name, exc):
         skipped.append(name)
-        err.print(f"[yellow]source '{name}' left out:[/yellow] {escape(one_line(exc))}", markup=True, soft_wrap=True)
+        report_left_out(name, exc)
 
     with progress_bar() as progress:
         tasks = {}
@@ -78,17 +79,17 @@ def eval_cmd(
         report = evaluation.evaluate(reg, bb, root, perturbations, on_error=on_error, on_skip=on_skip,
                                      progress=on_progress, keep_scores=report_dir is not None)
     if report_dir is not None:
-        with err.status("writing report", spinner="dots") if err.is_terminal else null_context():
+        with err.status("writing report", spinner="dots") if err.is_terminal else contextlib.nullcontext():
             evaluation.write_report(report, report_dir)
     if as_json:
         print(json.dumps(evaluation.public(report), allow_nan=False), flush=True)
         for warning in report["warnings"]:
-            err.print(f"[yellow]warning:[/yellow] {escape(one_line(warning))}", markup=True, soft_wrap=True)
+            err.print(f"[yellow]warning:[/yellow] {markup_line(warning)}", markup=True)
     else:
         for table in evaluation.tables(report):
-            out.print(table)
+            show(table)
         for warning in report["warnings"]:
-            out.print(f"[yellow]warning:[/yellow] {escape(one_line(warning))}", markup=True, soft_wrap=True)
+            out.print(f"[yellow]warning:[/yellow] {markup_line(warning)}", markup=True, soft_wrap=True)
         if report_dir is not None:
-            out.print(f"report written to {escape(str(report_dir / 'report.md'))}", markup=True, soft_wrap=True)
+            out.print(f"report written to {markup_path(report_dir / 'report.md')}", markup=True, soft_wrap=True)
     raise typer.Exit(1 if failures or skipped else 0)

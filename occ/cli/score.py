@@ -7,37 +7,39 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from occ.cli.common import (
     BackboneOpt,
-    JsonOpt,
+    InputErrors,
     RegistryOpt,
     backbone_for,
-    err,
     fmt,
     handle_errors,
-    markup_line,
+    json_option,
     markup_path,
     open_registry,
-    out,
-    report_file_error,
+    print_table,
+    report_left_out,
 )
 from occ.errors import UsageError
+
+PathsArg = Annotated[list[Path], typer.Argument(help="Image files or folders.")]
+PerImageJson = Annotated[bool, json_option("one JSON object per image (or per unreadable file)")]
 
 
 @handle_errors
 def verify(
-    paths: Annotated[list[Path], typer.Argument(help="Image files or folders.")],
+    paths: PathsArg,
     source: Annotated[str, typer.Option("--source", help="The enrolled source to verify against.")],
-    as_json: JsonOpt = False,
+    as_json: PerImageJson = False,
     registry: RegistryOpt = None,
     backbone: BackboneOpt = None,
 ) -> None:
     """Score images against one source: calibrated score, threshold, accept/reject.
 
-    Scores are calibrated probabilities (0..1) that the image comes from the source; the threshold
-    keeps held-out false accepts at the source's --far.
+    Scores are calibrated probabilities (0..1) that the image comes from the source; the source's
+    threshold obeys its two rules from enrollment: at most --far of held-out non-target images and at
+    most --tpr of held-out target images accepted (the stricter wins).
     """
     from occ.attribution import Attributor
 
@@ -48,15 +50,9 @@ def verify(
     reg.info(source)  # a damaged verifier.json is reported before any backbone is loaded
     bb = backbone_for(backbone, reg, [source])
     attributor = Attributor.from_registry(reg, bb, [source])
-    failures = 0
+    failures = InputErrors(as_json)
     rows = []
-
-    def on_error(exc):
-        nonlocal failures
-        failures += 1
-        report_file_error(exc, as_json)
-
-    for d in attributor.run(paths, on_error):
+    for d in attributor.run(paths, failures):
         score, threshold = d.scores[source], d.thresholds[source]
         accepted = source in d.accepted
         if as_json:
@@ -64,50 +60,40 @@ def verify(
                               "threshold": round(threshold, 6), "accepted": accepted}), flush=True)
         else:
             rows.append((markup_path(d.path), fmt(score), fmt(threshold), "[green]yes[/green]" if accepted else "no"))
-    if not as_json and rows:
-        table = Table(title=f"verify against '{source}'")
-        for col in ("image", "score", "threshold", "accepted"):
-            table.add_column(col, overflow="fold" if col == "image" else "ellipsis")  # never cut a file name
-        for row in rows:
-            table.add_row(*row)
-        out.print(table)
-    raise typer.Exit(1 if failures else 0)
+    if rows:
+        print_table(f"verify against '{source}'", ("image", "score", "threshold", "accepted"), rows)
+    raise typer.Exit(1 if failures.count else 0)
 
 
 @handle_errors
 def attribute(
-    paths: Annotated[list[Path], typer.Argument(help="Image files or folders.")],
-    as_json: JsonOpt = False,
+    paths: PathsArg,
+    as_json: PerImageJson = False,
     registry: RegistryOpt = None,
     backbone: BackboneOpt = None,
 ) -> None:
     """Name the source of each image among all enrolled sources, or 'unknown' when none accepts.
 
-    Every enrolled verifier scores the image; among those that accept, the highest calibrated score
-    wins. Scores are calibrated probabilities (0..1), comparable across sources.
+    Every enrolled verifier scores the image; among those that accept (score at or above its threshold,
+    see `occ verify --help`), the highest calibrated score wins. Scores are calibrated probabilities
+    (0..1), comparable across sources.
     """
     from occ.attribution import Attributor
+    from occ.sources import require_enrolled
 
     reg = open_registry(registry)
-    if len(reg) == 0:  # before loading (perhaps fetching) a backbone
-        raise UsageError(f"registry {reg.root} is empty: enroll a source first with `occ enroll`")
+    require_enrolled(reg)  # before loading (perhaps fetching) a backbone
     bb = backbone_for(backbone, reg)
     skipped = []
 
     def on_skip(name, exc):
         skipped.append(name)
-        err.print(f"[yellow]source '{name}' left out:[/yellow] {markup_line(exc)}", markup=True)
+        report_left_out(name, exc)
 
     attributor = Attributor.from_registry(reg, bb, on_skip=on_skip)
-    failures = 0
+    failures = InputErrors(as_json)
     rows = []
-
-    def on_error(exc):
-        nonlocal failures
-        failures += 1
-        report_file_error(exc, as_json)
-
-    for d in attributor.run(paths, on_error):
+    for d in attributor.run(paths, failures):
         if as_json:
             print(json.dumps({"path": d.path, "source": d.source,
                               "scores": {k: round(v, 6) for k, v in d.scores.items()},
@@ -116,11 +102,7 @@ def attribute(
             best = max(d.scores.items(), key=lambda kv: kv[1])
             rows.append((markup_path(d.path), d.source or "[dim]unknown[/dim]", f"{best[0]} {fmt(best[1])}",
                          ", ".join(d.accepted) or "-"))
-    if not as_json and rows:
-        table = Table(title=f"attribution over {len(attributor.verifiers)} source(s)")
-        for col in ("image", "source", "best score", "accepted by"):
-            table.add_column(col, overflow="fold" if col == "image" else "ellipsis")
-        for row in rows:
-            table.add_row(*row)
-        out.print(table)
-    raise typer.Exit(1 if failures or skipped else 0)
+    if rows:
+        print_table(f"attribution over {len(attributor.verifiers)} source(s)",
+                    ("image", "source", "best score", "accepted by"), rows)
+    raise typer.Exit(1 if failures.count or skipped else 0)

@@ -7,25 +7,27 @@ from typing import Annotated
 
 import typer
 
-from occ.cli.common import RegistryOpt, err, handle_errors, open_registry
+from occ.cli.common import RegistryOpt, err, handle_errors, markup_path, open_registry
 
 
 @handle_errors
-def export_cmd(name: str, file: Path,
+def export_cmd(name: Annotated[str, typer.Argument(help="The source to export.")],
+               file: Annotated[Path, typer.Argument(help="File to write, or an existing folder to write "
+                                                    "NAME.occ.zip into.")],
                replace: Annotated[bool, typer.Option("--replace", help="Overwrite an existing file.")] = False,
                registry: RegistryOpt = None) -> None:
     """Write one source to a single file that `occ import` checks before it writes anything."""
     path = open_registry(registry).export(name, file, replace=replace)
-    err.print(f"exported '{name}' to {path}", markup=False)
+    err.print(f"exported '{name}' to {markup_path(path)}", markup=True)
 
 
 @handle_errors
 def import_cmd(
-    file: Path,
+    file: Annotated[Path, typer.Argument(help="A file made by `occ export`.")],
     as_name: Annotated[str | None, typer.Option("--as", help="Store under another name.")] = None,
     replace: Annotated[bool, typer.Option("--replace", help="Replace an existing source of that name.")] = False,
     registry: RegistryOpt = None,
 ) -> None:
     """Add a source from a file made by `occ export` (validated first; a bad file writes nothing)."""
     record = open_registry(registry).import_file(file, as_name=as_name, replace=replace)
-    err.print(f"imported '{record.name}'")
+    err.print(f"imported '{record.name}'", markup=False)

@@ -7,73 +7,72 @@ import sys
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
-from occ.cli.common import RegistryOpt, err, fmt, handle_errors, markup_line, markup_path, open_registry, out
+from occ.cli.common import (
+    TYPER_SETTINGS,
+    RegistryOpt,
+    err,
+    fmt,
+    handle_errors,
+    markup_line,
+    markup_path,
+    open_registry,
+    out,
+    print_table,
+)
 from occ.errors import OccError, UsageError
+from occ.paths import display_path
 
-sources_app = typer.Typer(help="List, show and remove enrolled sources.", no_args_is_help=False)
+sources_app = typer.Typer(help="List, show and remove enrolled sources.", no_args_is_help=False, **TYPER_SETTINGS)
+
+NameArg = Annotated[str, typer.Argument(help="Name of an enrolled source.")]
 
 
 @sources_app.callback(invoke_without_command=True)
 @handle_errors
 def sources(ctx: typer.Context, registry: RegistryOpt = None) -> None:
     """Table of enrolled sources."""
+    from rich.markup import escape
+
+    from occ.sources import listing
+
     if ctx.invoked_subcommand is not None:
         return
     reg = open_registry(registry)
     names = reg.names()
     if not names:
-        err.print(f"no sources enrolled in {reg.root}", markup=False)
+        err.print(f"no sources enrolled in {markup_path(reg.root)}", markup=True)
         return
-    table = Table(title=f"sources in {markup_path(reg.root)}")
-    for col in ("name", "kind", "images", "threshold", "held-out TPR", "held-out FAR", "backbone", "created"):
-        table.add_column(col)
-    broken = []
+    rows, broken = [], []
     for name in names:
         try:
-            meta = reg.info(name).meta
+            row = listing(reg.info(name).meta)
         except OccError as exc:
             broken.append(exc)  # the reason goes to stderr on one line: a table cell would cut it up
-            table.add_row(name, "[red]unusable[/red]", "", "", "", "", "", "")
+            rows.append((name, "[red]unusable[/red]", "", "", "", "", "", ""))
             continue
-        cal = _calibration(meta)
-        table.add_row(name, meta.get("kind", "?"), str(meta.get("n_target", "?")),
-                      fmt(cal.calibrated_threshold), fmt(cal.tpr), fmt(cal.achieved_far),
-                      (meta.get("backbone") or {}).get("spec") or "?", str(meta.get("created", "?")))
-    out.print(table)
+        rows.append((name, escape(str(row["kind"])), str(row["images"]), fmt(row["threshold"]), fmt(row["heldout_tpr"]),
+                     fmt(row["heldout_far"]), markup_path(row["backbone"]), escape(str(row["created"]))))
+    print_table(f"sources in {markup_path(reg.root)}",
+                ("name", "kind", "images", "threshold", "held-out TPR", "held-out FAR", "backbone", "created"), rows)
     for exc in broken:
         err.print(f"[red]unusable:[/red] {markup_line(exc)}", markup=True)
     if broken:
         raise typer.Exit(1)
 
 
-def _calibration(meta):
-    from occ.calibration import Calibration
-
-    return Calibration.from_dict(meta["calibration"])
-
-
 @sources_app.command("show")
 @handle_errors
-def sources_show(name: str, registry: RegistryOpt = None) -> None:
-    """Everything stored about one source (settings, calibration, provenance)."""
-    reg = open_registry(registry)
-    meta = reg.info(name).meta
-    cal = _calibration(meta)
-    summary = {k: v for k, v in meta.items() if k not in ("calibration", "training_images", "checksum", "files")}
-    summary["calibration"] = {"far": cal.far, "target_tpr": cal.target_tpr,
-                              "threshold_calibrated": cal.calibrated_threshold, "threshold_raw": cal.threshold,
-                              "heldout_tpr": cal.tpr,
-                              "heldout_far": cal.achieved_far, "heldout_auc": cal.auc,
-                              "heldout_target": len(cal.pos_scores), "heldout_nontarget": len(cal.neg_scores)}
-    summary["training_images_sha256"] = meta.get("training_images", [])
-    out.print_json(json.dumps(summary))
+def sources_show(name: NameArg, registry: RegistryOpt = None) -> None:
+    """Everything stored about one source (settings, calibration, provenance), as JSON on stdout."""
+    from occ.sources import details
+
+    out.print_json(json.dumps(details(open_registry(registry).info(name).meta)))
 
 
 @sources_app.command("remove")
 @handle_errors
-def sources_remove(name: str, yes: Annotated[bool, typer.Option("--yes", help="Do not ask.")] = False,
+def sources_remove(name: NameArg, yes: Annotated[bool, typer.Option("--yes", help="Do not ask.")] = False,
                    registry: RegistryOpt = None) -> None:
     """Remove an enrolled source (asks first unless --yes)."""
     reg = open_registry(registry)
@@ -81,26 +80,25 @@ def sources_remove(name: str, yes: Annotated[bool, typer.Option("--yes", help="D
     if not yes:
         if not sys.stdin.isatty():
             raise UsageError(f"refusing to remove '{name}' without --yes (no terminal to ask)")
-        typer.confirm(f"remove source '{name}' from {reg.root}?", abort=True)
+        typer.confirm(f"remove source '{name}' from {display_path(reg.root)}?", abort=True)
     reg.remove(name)
-    err.print(f"removed '{name}'")
+    err.print(f"removed '{name}'", markup=False)
 
 
 @sources_app.command("set-threshold")
 @handle_errors
 def sources_set_threshold(
-    name: str,
-    far: Annotated[float | None, typer.Option("--far", help="New highest held-out false-accept rate.")] = None,
-    tpr: Annotated[float | None, typer.Option("--tpr", help="New share of held-out target images to accept.")] = None,
+    name: NameArg,
+    far: Annotated[float | None, typer.Option("--far", help="New highest share of held-out non-target images "
+                                              "to accept (false-accept rate).")] = None,
+    tpr: Annotated[float | None, typer.Option("--tpr", help="New highest share of held-out target images to "
+                                              "accept.")] = None,
     registry: RegistryOpt = None,
 ) -> None:
-    """Re-choose a source's threshold from its stored held-out scores (no retraining)."""
-    if far is None and tpr is None:
-        raise UsageError("give --far and/or --tpr")
-    reg = open_registry(registry)
-    tensors, meta = reg.load(name)
-    cal = _calibration(meta).with_far(far, tpr)
-    meta["calibration"] = cal.to_dict()
-    reg.save(name, tensors, meta, replace=True)
+    """Re-choose a source's threshold from its stored held-out scores (no retraining): the stricter of
+    the two rules --far and --tpr; a rule not given keeps its stored value."""
+    from occ.sources import set_threshold
+
+    cal = set_threshold(open_registry(registry), name, far, tpr).calibration_
     err.print(f"'{name}': threshold {fmt(cal.calibrated_threshold)} (FAR <= {cal.far:g}, TPR <= {cal.target_tpr:g}): "
-              f"held-out TPR {fmt(cal.tpr)}, FAR {fmt(cal.achieved_far)}")
+              f"held-out TPR {fmt(cal.tpr)}, FAR {fmt(cal.achieved_far)}", markup=False)

@@ -1,0 +1,90 @@
+"""Enrolled sources as the commands see them: which backbone they need, what is stored about each one,
+and threshold changes. The store (:mod:`occ.registry`) keeps the files; this module reads the keys of a
+source's ``verifier.json`` that enrollment wrote (:mod:`occ.enrollment`), so the CLI holds no such logic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from occ.calibration import Calibration
+from occ.errors import OccError, RegistryError, UsageError
+
+# Fields of verifier.json that `sources show` leaves out: the store's own, and the bulky lists it
+# summarises (the held-out scores inside the calibration, the training images' hashes under their own key).
+_NOT_SHOWN = ("calibration", "training_images", "checksum", "files")
+
+
+def require_enrolled(registry) -> None:
+    """UsageError when ``registry`` has no source (checked before a backbone is loaded, perhaps fetched)."""
+    if len(registry) == 0:
+        raise UsageError(f"registry {registry.root} is empty: enroll a source first with `occ enroll`")
+
+
+def enroll_backbone_spec(spec: str | None) -> str:
+    """The backbone spec to record for a new source: the one given (else ``OCC_BACKBONE``, else the
+    embedded one), a local folder as an absolute path so that verify/attribute find it from any folder."""
+    from occ.backbones import default_spec
+
+    spec = spec or default_spec()
+    if Path(spec).expanduser().is_dir():
+        spec = str(Path(spec).expanduser().resolve())
+    return spec
+
+
+def sources_backbone_spec(registry, names: Sequence[str] | None = None) -> str | None:
+    """The backbone the sources ``names`` (default: all) were enrolled on, None if none records one.
+
+    UsageError when they were enrolled on different backbones; RegistryError when no source can be read
+    at all (then none says which backbone it needs, and loading the default one would be for nothing).
+    """
+    specs, problems = set(), []
+    names = registry.names() if names is None else list(names)
+    for name in names:
+        try:
+            specs.add((registry.info(name).meta.get("backbone") or {}).get("spec"))
+        except OccError as exc:
+            problems.append(exc)
+    specs.discard(None)
+    if len(specs) > 1:
+        raise UsageError(f"sources were enrolled on different backbones ({', '.join(sorted(specs))}); "
+                         "choose one with --backbone")
+    if names and len(problems) == len(names):
+        more = f" ({len(problems) - 1} more source(s) cannot be read either)" if len(problems) > 1 else ""
+        raise RegistryError(f"{problems[0]}{more}")
+    return specs.pop() if specs else None
+
+
+def listing(meta: dict) -> dict:
+    """One row of ``occ sources``: kind, images, threshold and held-out rates, backbone, creation time."""
+    cal = Calibration.from_dict(meta["calibration"])
+    return {"kind": meta.get("kind", "?"), "images": meta.get("n_target", "?"), "threshold": cal.calibrated_threshold,
+            "heldout_tpr": cal.tpr, "heldout_far": cal.achieved_far,
+            "backbone": (meta.get("backbone") or {}).get("spec") or "?", "created": meta.get("created", "?")}
+
+
+def details(meta: dict) -> dict:
+    """Everything stored about one source, the calibration summarised (``occ sources show``)."""
+    cal = Calibration.from_dict(meta["calibration"])
+    summary = {k: v for k, v in meta.items() if k not in _NOT_SHOWN}
+    summary["calibration"] = {"far": cal.far, "target_tpr": cal.target_tpr,
+                              "threshold_calibrated": cal.calibrated_threshold, "threshold_raw": cal.threshold,
+                              "heldout_tpr": cal.tpr, "heldout_far": cal.achieved_far, "heldout_auc": cal.auc,
+                              "heldout_target": len(cal.pos_scores), "heldout_nontarget": len(cal.neg_scores)}
+    summary["training_images_sha256"] = meta.get("training_images", [])
+    return summary
+
+
+def set_threshold(registry, name: str, far: float | None = None, target_tpr: float | None = None):
+    """Re-choose source ``name``'s threshold from its stored held-out scores (no retraining, no backbone):
+    through :meth:`occ.verifier.Verifier.set_threshold`, stored back with everything else unchanged.
+    Returns the updated verifier."""
+    from occ.verifier import Verifier
+
+    if far is None and target_tpr is None:
+        raise UsageError("give --far and/or --tpr")
+    verifier = Verifier.from_saved(None, *registry.load(name), name)
+    verifier.set_threshold(far, target_tpr)
+    registry.save(name, *verifier.to_saved(), replace=True)
+    return verifier

@@ -1,0 +1,134 @@
+"""Every `occ enroll` option is applied: each test changes one option and reads back, from the stored
+source (`occ sources show`), that the verifier was made that way; the enroll summary says what was
+stored; unknown values and options that do not apply are usage errors that write nothing.
+
+Runs on the tiny random CLIP with a text tower (conftest's ``tiny_clip_dir``), in-process.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import clikit
+import pytest
+from clikit import invoke
+
+
+@pytest.fixture(scope="module")
+def w(tmp_path_factory, tiny_clip_dir) -> clikit.World:
+    return clikit.world(tmp_path_factory, tiny_clip_dir)
+
+
+def enroll(w, reg: Path, *extra, name: str = "s") -> clikit.Run:
+    return invoke(*clikit.enroll_args(name, w.a_train, reg, w.backbone, *extra))
+
+
+def stored(reg: Path, name: str = "s") -> dict:
+    run = invoke("sources", "show", name, "--registry", reg)
+    assert run.code == 0, run
+    return json.loads(run.stdout)
+
+
+def summary_line(run: clikit.Run, field: str) -> str:
+    """The enroll table's row for ``field`` (the table is as wide as its content on a pipe)."""
+    rows = [line for line in run.stdout.splitlines() if f" {field} " in line]
+    assert len(rows) == 1, run
+    return rows[0]
+
+
+@pytest.fixture(scope="module")
+def default(w, tmp_path_factory) -> tuple[clikit.Run, dict]:
+    """A source enrolled with no verifier option at all: the baseline each option is compared with."""
+    reg = tmp_path_factory.mktemp("default") / "reg"
+    run = enroll(w, reg)
+    assert run.code == 0, run
+    return run, stored(reg)
+
+
+def test_defaults_on_a_tower_with_text(default) -> None:
+    run, meta = default
+    assert meta["kind"] == "text" and meta["template"]["name"] == "occ-clip"
+    s = meta["settings"]
+    assert (s["loss"], s["sam"], s["adversarial"], s["steps"], s["seed"]) == ("ce", False, "none", 5, 0)
+    assert (meta["calibration"]["far"], meta["calibration"]["target_tpr"]) == (0.05, 0.9)
+    assert "default bank" in meta["negatives"]
+    line = summary_line(run, "verifier")
+    assert "text prompts" in line and "loss ce," in line and "SAM" not in line and "5 steps" in line
+
+
+@pytest.mark.parametrize(("option", "check", "summary"), [
+    # (the suite's --steps 5 is put back to the default: the probe is fitted in closed form)
+    (["--method", "probe", "--steps", "60"], lambda m: m["kind"] == "probe" and m["template"] is None,
+     "logistic probe on the CLS token of block"),
+    (["--loss", "cvar-auc"], lambda m: m["settings"]["loss"] == "cvar-auc", "loss cvar-auc"),
+    (["--sam"], lambda m: m["settings"]["sam"] is True, "+ SAM"),
+    (["--kind", "visual"], lambda m: m["kind"] == "visual" and m["template"]["name"] == "visual-mid-attn",
+     "visual prompts"),
+    (["--template", "occ-clip-words"], lambda m: m["template"]["name"] == "occ-clip-words", "occ-clip-words"),
+    (["--template", "visual-mid"], lambda m: m["kind"] == "visual" and m["template"]["name"] == "visual-mid",
+     "template visual-mid,"),
+    (["--adversarial", "feature"], lambda m: m["settings"]["adversarial"] == "feature", "adversarial feature"),
+    (["--steps", "7"], lambda m: m["settings"]["steps"] == 7, "7 steps"),
+    (["--seed", "3"], lambda m: m["settings"]["seed"] == 3, "seed 3"),
+    (["--far", "0.2"], lambda m: m["calibration"]["far"] == 0.2, "FAR <= 0.2,"),
+    (["--tpr", "0.5"], lambda m: m["calibration"]["target_tpr"] == 0.5, "TPR <= 0.5"),
+])
+def test_each_option_changes_what_is_stored(w, tmp_path, default, option, check, summary) -> None:
+    _, baseline = default
+    assert not check(baseline), "the option must make a difference from the default"
+    run = enroll(w, tmp_path / "reg", *option)
+    assert run.code == 0, run
+    assert check(stored(tmp_path / "reg")), stored(tmp_path / "reg")
+    assert summary in run.stdout, run  # the summary is read back from the stored verifier
+
+
+def test_negatives_options_change_the_negatives(w, tmp_path) -> None:
+    run = enroll(w, tmp_path / "reg", "--negatives", w.b_train, "--no-default-negatives")
+    assert run.code == 0, run
+    assert stored(tmp_path / "reg")["negatives"] == {"--negatives": 8}
+
+
+def test_template_from_a_json_file_is_stored_whole_and_reloads(w, tmp_path) -> None:
+    custom = json.loads((clikit.REPO / "prompts" / "visual-mid.json").read_text())
+    custom.update(name="my-prompts", n_tokens=3)
+    path = tmp_path / "elsewhere" / "my-prompts.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps(custom))
+    reg = tmp_path / "reg"
+    assert enroll(w, reg, "--template", path).code == 0
+    path.unlink()  # the source must not need the file any more
+    meta = stored(reg)
+    assert meta["kind"] == "visual" and meta["template"]["n_tokens"] == 3
+    run = invoke("verify", w.a_test, "--source", "s", "--registry", reg, "--json")
+    assert run.code == 0, run
+    assert len(run.json()) == 6
+
+
+@pytest.mark.parametrize("option", [
+    ["--method", "foo"], ["--loss", "foo"], ["--kind", "foo"], ["--kind", "probe"], ["--adversarial", "foo"],
+    ["--template", "no-such-template"], ["--kind", "visual", "--template", "occ-clip"],
+    # the probe with the default --steps: only the option under test is wrong
+    ["--method", "probe", "--steps", "60", "--loss", "cvar-auc"], ["--method", "probe", "--steps", "60", "--sam"],
+    ["--method", "probe", "--steps", "60", "--kind", "text"], ["--method", "probe", "--steps", "60", "--adversarial",
+                                                              "feature"],
+    ["--far", "0"], ["--tpr", "1.5"],
+])
+def test_unknown_or_inapplicable_values_are_usage_errors(w, tmp_path, option) -> None:
+    run = enroll(w, tmp_path / "reg", *option)
+    assert run.code == 2, run
+    assert len(run.err_lines) == 1 and run.err_lines[0].startswith("error: "), run
+    assert not (tmp_path / "reg" / "sources").exists()
+
+
+def test_set_threshold_changes_only_the_threshold(w, tmp_path) -> None:
+    reg = clikit.copy_registry(w.reg_a, tmp_path / "reg")
+    before = stored(reg, "a")
+    run = invoke("sources", "set-threshold", "a", "--far", "0.3", "--registry", reg)
+    assert run.code == 0, run
+    after = stored(reg, "a")
+    assert after["calibration"]["far"] == 0.3 and before["calibration"]["far"] == 0.05
+    assert after["calibration"]["heldout_far"] >= before["calibration"]["heldout_far"]
+    assert {k: v for k, v in after.items() if k != "calibration"} == {k: v for k, v in before.items()
+                                                                       if k != "calibration"}
+    assert invoke("verify", w.a_test, "--source", "a", "--registry", reg, "--json").code == 0
