@@ -1,11 +1,21 @@
-"""Open-set attribution over a registry: run every enrolled verifier on each image's shared trunk
-features, accept where a verifier's calibrated score reaches its threshold, and name the accepted
-source with the highest calibrated score, or ``None`` ("unknown") when no verifier accepts."""
+"""Open-set attribution over a registry.
+
+``lda`` sources (the default kind) are decided together by the registry-wide joint model
+(:mod:`occ.openset`, :class:`occ.joint.JointModel`): the source nearest the image in the shared
+whitened space is named when its margin against the non-target class reaches its threshold and the
+image is no farther from it than its own held-out images; otherwise the image is unknown. For those
+sources a verifier "accepts" only the image the joint model names it for, so ``verify --source S`` and
+``attribute`` always agree. Sources of the other kinds (prompt tokens, probe) are scored by their own
+verifiers on the same shared trunk pass and accept where their score reaches their threshold. The
+named source is the accepted one with the highest score, or ``None`` ("unknown").
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from occ.backbones.base import Backbone, Trunk
 from occ.errors import ImageError, OccError, RegistryError, UsageError
@@ -28,6 +38,7 @@ class Decision:
     # Raw verifier scores per source (logit margins): the calibrated scores are a monotone map of
     # these, but saturate at 0 and 1, so ranking figures (ROC AUC of one source) use these.
     raw: dict[str, float] = field(default_factory=dict)
+    raw_thresholds: dict[str, float] = field(default_factory=dict)  # thresholds on the raw scale
 
 
 def load_verifiers(registry: Registry, backbone: Backbone, names: Sequence[str] | None = None,
@@ -57,20 +68,31 @@ class Attributor:
     """
 
     def __init__(self, verifiers: dict[str, Verifier], backbone: Backbone,
-                 extractor: FeatureExtractor | None = None):
+                 extractor: FeatureExtractor | None = None, joint=None, joint_stale: bool = False):
         if not verifiers:
             raise UsageError("no sources to attribute against: enroll one first with `occ enroll NAME PATH...`")
         self.verifiers = dict(sorted(verifiers.items()))
         self.backbone = backbone
         self.extractor = extractor or FeatureExtractor(backbone)
         self.blocks = tuple(sorted({b for v in self.verifiers.values() for b in v.kv_blocks(backbone)}))
+        # the joint model decides its sources; it may know more sources than are scored here (verify)
+        self.joint = joint
+        self.joint_stale = joint_stale  # the stored joint model did not match the sources: fitted now
+        self._joint_names = set(joint.names_) & set(self.verifiers) if joint is not None else set()
 
     @classmethod
     def from_registry(cls, registry: Registry, backbone: Backbone, names: Sequence[str] | None = None,
                       on_skip: Callable[[str, OccError], None] | None = None, **kwargs) -> Attributor:
         if names is None:
             require_enrolled(registry)
+        from occ.openset import joint_for
+
         verifiers = load_verifiers(registry, backbone, names, on_skip)
+        if verifiers:
+            kwargs.setdefault("extractor", FeatureExtractor(backbone))
+            # a damaged source is reported by load_verifiers (or, for verify, by attribute), and left out here
+            kwargs["joint"], kwargs["joint_stale"] = joint_for(registry, backbone, extractor=kwargs["extractor"],
+                                                               on_skip=lambda _name, _exc: None)
         if not verifiers and (names is None or names):
             # Sources are enrolled but none can be used (each was reported to on_skip): a damaged
             # registry or another backbone, not a usage error.
@@ -81,16 +103,29 @@ class Attributor:
     def decide(self, trunk: Trunk, paths: Sequence) -> list[Decision]:
         """Decisions for a batch of trunk features (row i belongs to ``paths[i]``)."""
         batch = TrunkBatch(trunk, self.backbone)  # per-batch work the verifiers share
-        raw = {name: v.decision_function(batch) for name, v in self.verifiers.items()}
-        calibrated = {name: self.verifiers[name].calibration_.probability(r) for name, r in raw.items()}
-        accepted = {name: self.verifiers[name].calibration_.accept(r) for name, r in raw.items()}
-        thresholds = {name: v.threshold for name, v in self.verifiers.items()}
+        own = [n for n in self.verifiers if n not in self._joint_names]
+        raw = {name: self.verifiers[name].decision_function(batch) for name in own}
+        calibrations = {name: self.verifiers[name].calibration_ for name in own}
+        accepted = {name: calibrations[name].accept(raw[name]) for name in own}
+        joint_rows = None
+        if self._joint_names:
+            from occ.evidence import evidence
+
+            x = evidence(trunk.cls.numpy(), self.joint.settings_.blocks)
+            joint_rows = self.joint.decide(x)
+            for name in self._joint_names:
+                raw[name] = np.array([r[2][name] for r in joint_rows])
+                calibrations[name] = self.joint.calibrations_[name]
+                accepted[name] = np.array([r[0] == name for r in joint_rows])
+        calibrated = {name: calibrations[name].probability(r) for name, r in raw.items()}
+        thresholds = {name: calibrations[name].calibrated_threshold for name in self.verifiers}
+        raw_thresholds = {name: calibrations[name].threshold for name in self.verifiers}
         out = []
         for i, path in enumerate(paths):
             scores = {name: float(calibrated[name][i]) for name in self.verifiers}
             ok = sorted((n for n in self.verifiers if accepted[n][i]), key=lambda n: (-scores[n], n))
             out.append(Decision(str(path), ok[0] if ok else None, scores, ok, thresholds,
-                                {name: float(raw[name][i]) for name in self.verifiers}))
+                                {name: float(raw[name][i]) for name in self.verifiers}, raw_thresholds))
         return out
 
     def run(self, inputs: Iterable, on_error: Callable[[ImageError], None] | None = None) -> Iterator[Decision]:

@@ -17,12 +17,15 @@ from dataclasses import dataclass, field
 
 from occ.calibration import DEFAULT_FAR, DEFAULT_TARGET_TPR, check_far, check_tpr
 from occ.errors import UsageError
+from occ.evidence import DEFAULT_VIEWS
 from occ.heads import Head
+from occ.lda import LdaHead
 from occ.probe import ProbeHead
 from occ.prompts import PromptTemplate, TextPrompts, VisualPrompts
 from occ.training import TrainSettings
 
-KINDS: dict[str, type[Head]] = {cls.kind: cls for cls in (VisualPrompts, TextPrompts, ProbeHead)}
+KINDS: dict[str, type[Head]] = {cls.kind: cls for cls in (LdaHead, VisualPrompts, TextPrompts, ProbeHead)}
+DEFAULT_METHOD = "lda"
 METHODS = tuple(dict.fromkeys(cls.method for cls in KINDS.values()))
 DEFAULT_FOLDS = 3
 # Training settings a kind that does not train (``Head.trains`` False) still reads.
@@ -53,15 +56,24 @@ class VerifierConfig:
     :mod:`occ.calibration`); ``folds``: cross-validation folds for the held-out scores.
     """
 
-    kind: str = "visual"
+    kind: str = "lda"
     template: PromptTemplate | str | None = None
     settings: TrainSettings = field(default_factory=TrainSettings)
     far: float = DEFAULT_FAR
     target_tpr: float = DEFAULT_TARGET_TPR
     folds: int = DEFAULT_FOLDS
+    views: int | None = None
 
     def __post_init__(self):
         head = kind_class(self.kind)
+        views = self.views
+        if views is None:
+            views = DEFAULT_VIEWS if head.stores_evidence else 0
+        if type(views) is not int or views < 0:
+            raise UsageError(f"views must be an integer >= 0, got {views!r}")
+        if views and not head.stores_evidence:
+            raise UsageError(f"verifier kind {self.kind!r} takes no laundered training views (only lda does)")
+        object.__setattr__(self, "views", views)
         check_far(self.far)
         check_tpr(self.target_tpr)
         if type(self.folds) is not int or self.folds < 2:
@@ -88,9 +100,9 @@ class VerifierConfig:
                                  f"{', '.join(unused)} do not apply")
 
     @classmethod
-    def from_options(cls, *, method: str = "prompt", kind: str | None = None, template: str | None = None,
+    def from_options(cls, *, method: str = DEFAULT_METHOD, kind: str | None = None, template: str | None = None,
                      backbone=None, far: float = DEFAULT_FAR, target_tpr: float = DEFAULT_TARGET_TPR,
-                     **settings) -> VerifierConfig:
+                     views: int | None = None, **settings) -> VerifierConfig:
         """The config ``occ enroll`` options describe, one option to one field. ``method`` names a family
         of kinds ("prompt", "probe"); ``kind`` picks one of that family (a prompt kind defaults to the
         template's kind, else :func:`default_kind` of ``backbone``: a backbone, or a function returning
@@ -121,7 +133,7 @@ class VerifierConfig:
             if backbone is None:
                 raise UsageError(f"method {method!r} needs a kind ({', '.join(family)}) or a backbone to choose it")
             kind = default_kind(backbone() if callable(backbone) else backbone)
-        return cls(kind=kind, template=template, settings=train, far=far, target_tpr=target_tpr)
+        return cls(kind=kind, template=template, settings=train, far=far, target_tpr=target_tpr, views=views)
 
     def with_settings(self, **changes) -> VerifierConfig:
         """This config with some training settings changed."""
@@ -134,11 +146,12 @@ class VerifierConfig:
     def to_dict(self) -> dict:
         """The stored form (the keys that ``verifier.json`` has always had)."""
         return {"kind": self.kind, "template": self.template.to_dict() if self.template else None,
-                "settings": self.settings.to_dict(), "folds": self.folds}
+                "settings": self.settings.to_dict(), "folds": self.folds, "views": self.views}
 
     @classmethod
     def from_dict(cls, data: dict, calibration: dict) -> VerifierConfig:
         """Inverse of :meth:`to_dict`; the threshold rules are read from the stored calibration."""
         template = PromptTemplate(**data["template"]) if data["template"] is not None else None
         return cls(kind=data["kind"], template=template, settings=TrainSettings(**data["settings"]),
-                   far=calibration["far"], target_tpr=calibration["target_tpr"], folds=data["folds"])
+                   far=calibration["far"], target_tpr=calibration["target_tpr"], folds=data["folds"],
+                   views=data.get("views", 0))

@@ -4,6 +4,11 @@ Non-target images are (a) the default bank of real photos that ships with occ
 (:mod:`occ.negatives`), (b) the training images of every other enrolled source made on the same
 backbone, found in the feature cache by their recorded sha256 (images no longer in the cache are
 skipped and counted), and (c) any folders the user adds with ``negatives``.
+
+``lda`` sources (the default kind) do not use (b) in their own fit: they store the evidence of their
+training views instead, and after every enrollment the registry-wide joint model is refitted over all
+of them (:func:`occ.openset.refit`), so every source is a non-target for every other whatever the order.
+Training images already enrolled under another name are reported (``EnrollResult.overlaps``).
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from occ.registry import Registry, SourceRecord
 from occ.verifier import Verifier, enrolled_on
 
 Progress = Callable[[str, int, int], None]
+MIN_SHOTS = 5  # fewer target images than this: the enrollment summary warns
+MIN_HELDOUT = 20  # held-out figures resting on fewer target images are flagged as rough
 
 
 @dataclass
@@ -33,6 +40,7 @@ class EnrollResult:
     negatives: dict[str, int]
     errors: list[ImageError] = field(default_factory=list)
     seconds: float = 0.0
+    overlaps: dict[str, int] = field(default_factory=dict)  # other source -> training images shared with it
 
 
 def _dedupe(features: Features, exclude: set[str] = frozenset()) -> Features:
@@ -105,6 +113,10 @@ def enroll(
     if len(pos) < 2:
         raise UsageError(f"need at least 2 readable target images to enroll '{name}', found {len(pos)}")
     pos_shas = {im.sha256 for im in pos.images}
+    overlaps = training_overlaps(registry, name, pos_shas)
+    stores_evidence = verifier.config.head_class.stores_evidence
+    if stores_evidence:
+        use_registry = False  # other sources compete in the joint model, whatever the order
 
     neg_parts: list[Features] = []
     counts: dict[str, int] = {}
@@ -138,6 +150,15 @@ def enroll(
         neg_pixels = extractor.pixels(refs)
 
     verifier.fit(backbone, pos.trunk, neg, neg_pixels=neg_pixels, progress=progress)
+    if stores_evidence:
+        from occ.openset import evidence_tensors, view_rows
+
+        if progress:
+            progress("training views", 0, 1)
+        seed, views = verifier.settings.seed, verifier.config.views
+        verifier.evidence_ = evidence_tensors(view_rows(extractor, [im.path for im in pos.images], views, seed),
+                                              view_rows(extractor, [im.path for im in user.images], views, seed)
+                                              if negatives else None)
     verifier.provenance = {
         "name": name,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -150,5 +171,25 @@ def enroll(
         record = registry.store(name, verifier.save(folder), replace=replace)
     # What was stored, read back: the summary a caller shows describes this, not the request.
     stored = Verifier.from_saved(backbone, *registry.load(name), name)
-    return EnrollResult(record, stored, len(pos), counts, errors, time.perf_counter() - start)
+    if stores_evidence:
+        from occ.openset import refit
+
+        refit(registry, backbone, extractor=extractor, progress=progress)
+    return EnrollResult(record, stored, len(pos), counts, errors, time.perf_counter() - start, overlaps)
+
+
+def training_overlaps(registry: Registry, name: str, shas: set[str]) -> dict[str, int]:
+    """Other sources whose recorded training images include some of ``shas`` (content hashes), with how
+    many: the same image enrolled under two names would be a positive and a non-target at once."""
+    out = {}
+    for other in registry.names():
+        if other == name:
+            continue
+        try:
+            theirs = set(registry.info(other).meta.get("training_images", []))
+        except OccError:
+            continue
+        if shared := len(theirs & shas):
+            out[other] = shared
+    return out
 

@@ -112,6 +112,9 @@ class Head(nn.Module, abc.ABC):
     template_kind: ClassVar[str | None] = None  # the prompt-template kind it reads, None: no template
     default_template: ClassVar[str | None] = None
     trains: ClassVar[bool] = False  # True: the training settings (steps, loss, SAM, adversarial) apply
+    # True: the source stores the evidence of its training views, and the registry-wide joint model
+    # (occ.openset) makes its decisions
+    stores_evidence: ClassVar[bool] = False
 
     @classmethod
     @abc.abstractmethod

@@ -78,13 +78,19 @@ def details(meta: dict) -> dict:
 
 def set_threshold(registry, name: str, far: float | None = None, target_tpr: float | None = None):
     """Re-choose source ``name``'s threshold from its stored held-out scores (no retraining, no backbone):
-    through :meth:`occ.verifier.Verifier.set_threshold`, stored back with everything else unchanged.
+    through :meth:`occ.verifier.Verifier.set_threshold`, stored back with everything else unchanged, and
+    for an ``lda`` source in the stored joint model too (:func:`occ.openset.rethreshold`).
     Returns the updated verifier."""
     from occ.verifier import Verifier
 
     if far is None and target_tpr is None:
         raise UsageError("give --far and/or --tpr")
+    version = registry.info(name).path.name
     verifier = Verifier.from_saved(None, *registry.load(name), name)
     verifier.set_threshold(far, target_tpr)
     registry.save(name, *verifier.to_saved(), replace=True)
+    if verifier.config.head_class.stores_evidence:
+        from occ.openset import rethreshold
+
+        rethreshold(registry, name, far, target_tpr, version)
     return verifier

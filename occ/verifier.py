@@ -17,6 +17,7 @@ any backbone but the one it was fitted on (:func:`check_backbone`, the one place
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable
@@ -33,9 +34,10 @@ from occ.heads import Head, TrunkBatch
 from occ.registry.schema import META_FILE, TENSOR_FILE
 
 VERIFIER_FORMAT = "occ-verifier"
+EVIDENCE_PREFIX = "evidence."  # stored training evidence (occ.openset), not part of the head
 # The keys of verifier.json the verifier writes; every other key is provenance, kept as it is.
-OWN_KEYS = ("format", "kind", "template", "settings", "folds", "calibration", "backbone_fingerprint", "n_target",
-            "n_nontarget", "fit_seconds")
+OWN_KEYS = ("format", "kind", "template", "settings", "folds", "views", "calibration", "backbone_fingerprint",
+            "n_target", "n_nontarget", "fit_seconds")
 
 Progress = Callable[[str, int, int], None]
 Features = Trunk | TrunkBatch
@@ -72,6 +74,7 @@ class Verifier:
         if not isinstance(self.config, VerifierConfig):
             raise UsageError(f"Verifier takes a VerifierConfig, not {type(self.config).__name__}")
         self.provenance: dict = {}
+        self.evidence_: dict[str, torch.Tensor] = {}
 
     @property
     def kind(self) -> str:
@@ -170,9 +173,8 @@ class Verifier:
         if not hasattr(self, "calibration_"):
             raise UsageError("this verifier is not fitted yet")
         self.calibration_ = self.calibration_.with_far(far, target_tpr)
-        self.config = VerifierConfig(kind=self.config.kind, template=self.config.template, settings=self.settings,
-                                     far=self.calibration_.far, target_tpr=self.calibration_.target_tpr,
-                                     folds=self.config.folds)
+        self.config = dataclasses.replace(self.config, far=self.calibration_.far,
+                                          target_tpr=self.calibration_.target_tpr)
         return self
 
     # -- saved form ----------------------------------------------------------------------------
@@ -182,6 +184,7 @@ class Verifier:
         if not hasattr(self, "calibration_"):
             raise UsageError("this verifier is not fitted yet")
         tensors = self.head_.saved_tensors() if self.head_ is not None else dict(self._tensors)
+        tensors.update(self.evidence_)  # what the registry-wide model is refitted from (occ.openset)
         meta = dict(self.provenance)
         meta.update({"format": VERIFIER_FORMAT, **self.config.to_dict(), "calibration": self.calibration_.to_dict(),
                      "backbone_fingerprint": self.backbone_fingerprint_, "n_target": self.n_pos_,
@@ -204,14 +207,15 @@ class Verifier:
             if backbone is not None:
                 head = config.head_class.create(backbone, config.template,
                                                 torch.Generator().manual_seed(config.settings.seed))
-                head.load_saved(tensors)
+                head.load_saved({k: v for k, v in tensors.items() if not k.startswith(EVIDENCE_PREFIX)})
         except (KeyError, TypeError, ValueError, RuntimeError, UsageError) as exc:
             raise RegistryError(f"source '{name}': verifier data does not fit its kind ({first_line(exc)})") from None
         verifier = cls(config)
         verifier.provenance = {k: v for k, v in meta.items() if k not in OWN_KEYS}
         verifier.calibration_ = calibration
         verifier.head_, verifier.backbone_ = head, backbone
-        verifier._tensors = dict(tensors)
+        verifier._tensors = {k: v for k, v in tensors.items() if not k.startswith(EVIDENCE_PREFIX)}
+        verifier.evidence_ = {k: v for k, v in tensors.items() if k.startswith(EVIDENCE_PREFIX)}
         verifier.backbone_fingerprint_ = meta["backbone_fingerprint"]
         verifier.n_pos_, verifier.n_neg_ = meta.get("n_target", 0), meta.get("n_nontarget", 0)
         verifier.fit_seconds_ = meta.get("fit_seconds", 0.0)

@@ -67,7 +67,8 @@ def test_config_from_options_maps_each_option_to_one_field(tiny_backbone, tiny_v
     s = config.settings
     assert (s.loss, s.sam, s.steps, s.seed, s.adversarial) == ("cvar-auc", True, 7, 3, "feature")
     assert (config.far, config.target_tpr) == (0.1, 0.8)
-    assert VerifierConfig.from_options(backbone=tiny_vision_backbone).kind == "visual"
+    assert VerifierConfig.from_options(method="prompt", backbone=tiny_vision_backbone).kind == "visual"
+    assert VerifierConfig.from_options(backbone=tiny_vision_backbone).kind == "lda"  # the default method
     assert VerifierConfig.from_options(template="visual-late", backbone=tiny_backbone).kind == "visual"
     assert VerifierConfig.from_options(method="probe").kind == "probe"
     called = []

@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from occ.cli import backbone, enroll, evaluate, score, share, sources
+from occ.cli import backbone, enroll, evaluate, refit, score, share, sources
 from occ.cli.common import SCORES_HELP, TYPER_SETTINGS
 
 app = typer.Typer(
@@ -40,6 +40,7 @@ app.command("enroll")(enroll.enroll)
 app.command("verify")(score.verify)
 app.command("attribute")(score.attribute)
 app.command("eval")(evaluate.eval_cmd)
+app.command("refit")(refit.refit_cmd)
 app.add_typer(sources.sources_app, name="sources")
 app.command("export")(share.export_cmd)
 app.command("import")(share.import_cmd)

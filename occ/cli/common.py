@@ -105,6 +105,11 @@ def handle_errors(func):
     return wrapper
 
 
+def warn(text) -> None:
+    """One warning line on stderr."""
+    err.print(f"[yellow]warning:[/yellow] {markup_line(text)}", markup=True)
+
+
 def open_registry(path: str | None):
     from occ.registry import Registry
 
@@ -116,6 +121,21 @@ def progress_bar():
 
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                     console=err, transient=True, disable=not err.is_terminal)
+
+
+@contextlib.contextmanager
+def stage_progress(label: str = "{stage}"):
+    """A progress bar (on a terminal) with one line per stage; yields ``on_progress(stage, done, total)``,
+    the callback the library's long operations take."""
+    with progress_bar() as progress:
+        tasks = {}
+
+        def on_progress(stage, done, total):
+            if stage not in tasks:
+                tasks[stage] = progress.add_task(label.format(stage=stage), total=total)
+            progress.update(tasks[stage], completed=done, total=total)
+
+        yield on_progress
 
 
 def backbone_for(spec: str | None, registry=None, names=None):

@@ -17,9 +17,11 @@ from occ.cli.common import (
     markup_path,
     open_registry,
     print_table,
-    progress_bar,
     report_file_error,
+    stage_progress,
+    warn,
 )
+from occ.config import DEFAULT_METHOD
 
 
 @handle_errors
@@ -35,10 +37,15 @@ def enroll(
                                        "seen. The stricter rule wins.")] = 0.90,
     seed: Annotated[int, typer.Option("--seed", help="Random seed (same images + seed = same verifier).")] = 0,
     replace: Annotated[bool, typer.Option("--replace", help="Replace an existing source of that name.")] = False,
-    method: Annotated[str, typer.Option("--method", help="'prompt' (OCC-CLIP prompt tokens, default) or 'probe' "
-                                        "(USIA: logistic probe on an intermediate block's CLS token, fitted in "
-                                        "closed form: --loss, --sam, --adversarial and --steps do not apply).")]
-    = "prompt",
+    method: Annotated[str, typer.Option("--method", help="'lda' (default: a shared-covariance discriminant on the "
+                                        "CLS tokens of blocks 4-10, decided jointly with every other enrolled lda "
+                                        "source), 'prompt' (OCC-CLIP prompt tokens) or 'probe' (USIA: logistic "
+                                        "probe on one block's CLS token). lda and probe are fitted in closed form: "
+                                        "--loss, --sam, --adversarial and --steps do not apply.")]
+    = DEFAULT_METHOD,
+    views: Annotated[int | None, typer.Option("--views", help="lda: laundered copies (re-encoded, resized, blurred, "
+                                              "cropped) of each training image added to the training set "
+                                              "(default 1; 0 for none).")] = None,
     loss: Annotated[str | None, typer.Option("--loss", help="Prompt training loss: 'ce' (OCC-CLIP, default) or "
                                              "'cvar-auc' (Santosh et al.: CVaR at alpha 0.8 + AUC loss).")] = None,
     sam: Annotated[bool, typer.Option("--sam", help="Sharpness-aware minimisation around AdamW (rho 0.05).")] = False,
@@ -70,18 +77,11 @@ def enroll(
     # Every option maps onto one field of the config (and is checked) before the backbone is loaded,
     # unless the default kind depends on the backbone.
     config = VerifierConfig.from_options(method=method, kind=kind, template=template, backbone=load, far=far,
-                                         target_tpr=tpr, seed=seed, loss=loss, sam=sam or None,
+                                         target_tpr=tpr, views=views, seed=seed, loss=loss, sam=sam or None,
                                          adversarial=adversarial, steps=steps)
     bb = load()
     errors = []
-    with progress_bar() as progress:
-        tasks = {}
-
-        def on_progress(stage, done, total):
-            if stage not in tasks:
-                tasks[stage] = progress.add_task(stage, total=total)
-            progress.update(tasks[stage], completed=done, total=total)
-
+    with stage_progress() as on_progress:
         result = do_enroll(reg, name, paths, backbone=bb, verifier=Verifier(config), negatives=negatives or (),
                            use_bank=not no_bank, replace=replace, backbone_spec=spec,
                            on_error=lambda e: (errors.append(e), report_file_error(e, False)),
@@ -100,6 +100,29 @@ def enroll(
         ("time", f"{result.seconds:.1f} s"),
         ("registry", markup_path(reg.root)),
     ]
+    if stored.evidence_:
+        rows.insert(3, ("training views", f"{len(stored.evidence_['evidence.ids'])} rows from {result.n_target} "
+                                          f"images ({stored.config.views} laundered cop"
+                                          f"{'y' if stored.config.views == 1 else 'ies'} each); decided jointly with "
+                                          "the registry's other lda sources"))
     print_table(f"enrolled '{name}'", ("field", "value"), rows, header=False)
+    for text in enrollment_warnings(result):
+        warn(text)
     if errors:
         raise typer.Exit(1)
+
+
+def enrollment_warnings(result) -> list[str]:
+    """What a user must know about an enrollment before trusting it, read from what was fitted."""
+    from occ.enrollment import MIN_HELDOUT, MIN_SHOTS
+
+    out = []
+    cal = result.verifier.calibration_
+    if result.n_target < MIN_SHOTS:
+        out.append(f"only {result.n_target} target images: below {MIN_SHOTS}, a verifier is unreliable; enroll more")
+    if len(cal.pos_scores) < MIN_HELDOUT:
+        out.append(f"the held-out figures rest on {len(cal.pos_scores)} target images: too few to mean much "
+                   f"(the threshold's TPR and FAR are rough below {MIN_HELDOUT})")
+    for other, n in result.overlaps.items():
+        out.append(f"{n} of these training images are also training images of source '{other}'")
+    return out

@@ -20,6 +20,7 @@ from occ.cli.common import (
     open_registry,
     print_table,
     report_left_out,
+    warn,
 )
 from occ.errors import UsageError
 
@@ -50,6 +51,9 @@ def verify(
     reg.info(source)  # a damaged verifier.json is reported before any backbone is loaded
     bb = backbone_for(backbone, reg, [source])
     attributor = Attributor.from_registry(reg, bb, [source])
+    if attributor.joint_stale:
+        warn("the registry's stored joint model does not match its sources (an interrupted enroll or refit?): "
+             "fitted again in memory for this run; `occ refit` stores it")
     failures = InputErrors(as_json)
     rows = []
     for d in attributor.run(paths, failures):
@@ -91,6 +95,9 @@ def attribute(
         report_left_out(name, exc)
 
     attributor = Attributor.from_registry(reg, bb, on_skip=on_skip)
+    if attributor.joint_stale:
+        warn("the registry's stored joint model does not match its sources (an interrupted enroll or refit?): "
+             "fitted again in memory for this run; `occ refit` stores it")
     failures = InputErrors(as_json)
     rows = []
     for d in attributor.run(paths, failures):

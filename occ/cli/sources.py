@@ -74,15 +74,21 @@ def sources_show(name: NameArg, registry: RegistryOpt = None) -> None:
 @handle_errors
 def sources_remove(name: NameArg, yes: Annotated[bool, typer.Option("--yes", help="Do not ask.")] = False,
                    registry: RegistryOpt = None) -> None:
-    """Remove an enrolled source (asks first unless --yes)."""
+    """Remove an enrolled source (asks first unless --yes); the joint model of the other lda sources is
+    refitted without it."""
+    from occ.cli.refit import refit_registry
+    from occ.sources import sources_backbone_spec
+
     reg = open_registry(registry)
     reg.info(name)
     if not yes:
         if not sys.stdin.isatty():
             raise UsageError(f"refusing to remove '{name}' without --yes (no terminal to ask)")
         typer.confirm(f"remove source '{name}' from {display_path(reg.root)}?", abort=True)
+    spec = sources_backbone_spec(reg)  # before the source that names it is gone
     reg.remove(name)
     err.print(f"removed '{name}'", markup=False)
+    refit_registry(reg, spec)
 
 
 @sources_app.command("set-threshold")

@@ -1,0 +1,37 @@
+"""``occ refit``: refit the registry-wide joint model over every enrolled lda source."""
+
+from __future__ import annotations
+
+import time
+
+from occ.cli.common import BackboneOpt, RegistryOpt, backbone_for, err, handle_errors, open_registry, stage_progress
+
+
+def refit_registry(reg, backbone_spec: str | None) -> None:
+    """Refit the joint model of ``reg`` when it holds lda sources, with progress, and say what was fitted
+    (read back from the fitted model)."""
+    from occ.openset import discard, joint_source_names, refit
+
+    if not joint_source_names(reg):
+        discard(reg)
+        return
+    bb = backbone_for(backbone_spec, reg)
+    start = time.perf_counter()
+    with stage_progress("refit: {stage}") as on_progress:
+        model = refit(reg, bb, progress=on_progress)
+    if model is None:
+        err.print("no lda source made on this backbone: nothing to refit", markup=False)
+        return
+    err.print(f"joint model refitted over {len(model.names_)} source(s) ({', '.join(model.names_)}) and "
+              f"{model.n_rows_['non-target']} non-target rows in {time.perf_counter() - start:.1f} s", markup=False)
+
+
+@handle_errors
+def refit_cmd(registry: RegistryOpt = None, backbone: BackboneOpt = None) -> None:
+    """Refit the registry-wide model that decides among lda sources (done after every enroll, replace and
+    remove; run it after an interrupted one, or to bring an older registry up to date)."""
+    from occ.sources import require_enrolled
+
+    reg = open_registry(registry)
+    require_enrolled(reg)
+    refit_registry(reg, backbone)

@@ -1,0 +1,255 @@
+"""The registry as one model: the joint open-set model over every ``lda`` source, kept with the registry.
+
+Every ``lda`` source stores the evidence of its training images (the CLS tokens of each training view,
+fp16, in its ``verifier.safetensors``: ``evidence.cls`` and ``evidence.ids``; the user's ``--negatives``
+as ``evidence.neg_cls`` / ``evidence.neg_ids``), so the joint model (:class:`occ.joint.JointModel`) can
+be refitted from the registry alone, without the original files or the feature cache. The non-target
+class is the shipped bank of real photos (with the same laundered views, through the feature cache)
+plus every source's stored negatives.
+
+The fitted model lives beside the sources in ``<registry>/joint.safetensors`` (tensors and, in the
+safetensors header, a JSON description), written atomically, and records the version folder of every
+source it was fitted on. It is used only when it matches the sources exactly; otherwise (a refit that
+was interrupted, a source enrolled by a process that died before refitting, a change made by an older
+occ) :func:`joint_for` fits one in memory from the stored evidence, so attribution never mixes a model
+with sources it was not fitted on. Enrolling, replacing and removing a source, changing a threshold, and
+``occ refit`` all call :func:`refit`, so decisions never depend on the order of enrollment.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from occ.backbones.base import Backbone
+from occ.errors import OccError, RegistryError, first_line
+from occ.evidence import DEFAULT_VIEWS, default_blocks, evidence, training_views
+from occ.joint import DEFAULT_DIMS, ClassRows, JointModel
+from occ.verifier import EVIDENCE_PREFIX
+
+JOINT_FILE = "joint.safetensors"
+JOINT_FORMAT = "occ-joint-v1"
+EVIDENCE_KEYS = tuple(EVIDENCE_PREFIX + k for k in ("cls", "ids", "neg_cls", "neg_ids"))
+BANK_SEED = 0
+_BANK_ROWS: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class JointSettings:
+    """Registry-wide settings of the joint model (``bench/generalise.py`` selects among them)."""
+
+    dims: int = DEFAULT_DIMS
+    blocks: tuple[int, ...] | None = None  # None: occ.evidence.default_blocks of the backbone
+    bank_views: int = DEFAULT_VIEWS
+    seed: int = 0
+
+    def resolved(self, backbone: Backbone) -> JointSettings:
+        blocks = default_blocks(backbone.num_layers) if self.blocks is None else tuple(self.blocks)
+        return JointSettings(self.dims, blocks, self.bank_views, self.seed)
+
+    def to_dict(self) -> dict:
+        return {"dims": self.dims, "blocks": list(self.blocks), "bank_views": self.bank_views, "seed": self.seed}
+
+
+def view_rows(extractor, paths: Sequence, views: int, seed: int, on_error=None) -> tuple[np.ndarray, np.ndarray]:
+    """CLS tokens of every training view of the images under ``paths`` (image itself + ``views``
+    laundered copies), with the image index of each row. Images unreadable in any view are dropped."""
+    per_view = []
+    for transform in training_views(seed, views):
+        feats = extractor.load(paths, (), on_error if transform is None else None, transform)
+        per_view.append({str(im.path): feats.trunk.cls[i] for i, im in enumerate(feats.images)})
+    keep = [p for p in per_view[0] if all(p in v for v in per_view)]
+    cls = [v[p] for v in per_view for p in keep]
+    ids = [i for _ in per_view for i in range(len(keep))]
+    if not cls:
+        bb = extractor.backbone
+        return np.zeros((0, bb.num_layers + 1, bb.hidden_size), np.float16), np.zeros(0, np.int64)
+    return torch.stack(cls).to(torch.float16).numpy(), np.asarray(ids, np.int64)
+
+
+def evidence_tensors(pos: tuple[np.ndarray, np.ndarray],
+                     neg: tuple[np.ndarray, np.ndarray] | None) -> dict[str, torch.Tensor]:
+    """What a source stores for refits (see the module docstring)."""
+    if neg is None:
+        neg = (np.zeros((0, *pos[0].shape[1:]), np.float16), np.zeros(0, np.int64))
+    arrays = (np.ascontiguousarray(pos[0], np.float16), np.ascontiguousarray(pos[1], np.int64),
+              np.ascontiguousarray(neg[0], np.float16), np.ascontiguousarray(neg[1], np.int64))
+    return {k: torch.from_numpy(a) for k, a in zip(EVIDENCE_KEYS, arrays)}
+
+
+def _joint_sources(registry, backbone: Backbone, on_skip=None):
+    """(name -> (version, tensors, meta)) of the usable ``lda`` sources made on ``backbone``."""
+    from occ.verifier import enrolled_on
+
+    out = {}
+    for name in registry.names():
+        try:
+            record = registry.info(name)
+            if record.meta.get("kind") != "lda" or enrolled_on(record.meta) != backbone.fingerprint:
+                continue
+            tensors, meta = registry.load(name)
+            if not all(k in tensors for k in EVIDENCE_KEYS):
+                raise RegistryError(f"source '{name}' stores no training evidence: re-enroll it")
+            out[name] = (record.path.name, tensors, meta)
+        except OccError as exc:
+            if on_skip is None:
+                raise
+            on_skip(name, exc)
+    return out
+
+
+def _fit(sources: dict, backbone: Backbone, extractor, settings: JointSettings,
+         progress: Progress | None) -> JointModel:
+    from occ.negatives import bank_paths
+
+    blocks = list(settings.blocks)
+    if progress:
+        progress("default negatives", 0, 1)
+    key = (backbone.fingerprint, settings.bank_views, tuple(map(str, bank_paths())))
+    if key not in _BANK_ROWS:  # the same for every refit in a process (a service refits often)
+        _BANK_ROWS.clear()
+        _BANK_ROWS[key] = view_rows(extractor, bank_paths(), settings.bank_views, BANK_SEED)
+    bank_cls, bank_ids = _BANK_ROWS[key]
+    neg_x, neg_ids = [evidence(bank_cls, blocks)], [bank_ids]
+    offset = int(bank_ids.max()) + 1 if len(bank_ids) else 0
+    classes = {}
+    for name, (_, tensors, _meta) in sorted(sources.items()):
+        cls, ids, n_cls, n_ids = (tensors[k] for k in EVIDENCE_KEYS)
+        classes[name] = ClassRows(evidence(cls.float().numpy(), blocks), ids.numpy())
+        if len(n_ids):
+            neg_x.append(evidence(n_cls.float().numpy(), blocks))
+            neg_ids.append(n_ids.numpy() + offset)
+            offset += int(n_ids.max()) + 1
+    if progress:
+        progress("joint model", 0, 1)
+    far = {n: m["calibration"]["far"] for n, (_, _, m) in sources.items()}
+    tpr = {n: m["calibration"]["target_tpr"] for n, (_, _, m) in sources.items()}
+    model = JointModel(settings.dims, seed=settings.seed).fit(
+        classes, ClassRows(np.concatenate(neg_x), np.concatenate(neg_ids)), far=far, target_tpr=tpr)
+    model.settings_ = settings
+    if progress:
+        progress("joint model", 1, 1)
+    return model
+
+
+def _path(registry) -> os.PathLike:
+    return registry.root / JOINT_FILE
+
+
+def _manifest(sources: dict, backbone: Backbone, settings: JointSettings) -> dict:
+    return {"format": JOINT_FORMAT, "backbone": backbone.fingerprint, "settings": settings.to_dict(),
+            "sources": {n: v for n, (v, _, _) in sorted(sources.items())}}
+
+
+def refit(registry, backbone: Backbone, *, extractor=None, settings: JointSettings | None = None,
+          progress: Progress | None = None) -> JointModel | None:
+    """Fit the joint model over every ``lda`` source of ``registry`` and store it (atomically). With no
+    such source, a stored model is removed. Returns the model (None when there is no source)."""
+    from occ.features import FeatureExtractor
+
+    settings = (settings or JointSettings()).resolved(backbone)
+    sources = _joint_sources(registry, backbone)
+    if not sources:
+        discard(registry)
+        return None
+    model = _fit(sources, backbone, extractor or FeatureExtractor(backbone), settings, progress)
+    _write(registry, model, _manifest(sources, backbone, settings))
+    return model
+
+
+def discard(registry) -> None:
+    """Remove the stored joint model (when no lda source is left)."""
+    try:
+        os.unlink(_path(registry))
+    except FileNotFoundError:
+        pass
+
+
+def _write(registry, model: JointModel, manifest: dict) -> None:
+    """Store ``model`` with the ``manifest`` of what it was fitted on, atomically (one file replaced)."""
+    from safetensors.numpy import save as st_save
+
+    from occ.registry.files import atomic_write
+
+    tensors, meta = model.to_saved()
+    meta["manifest"] = manifest
+    data = st_save({k: np.ascontiguousarray(v) for k, v in tensors.items()},
+                   metadata={"occ": json.dumps(meta, allow_nan=False)})
+    _fault_point("joint-write")
+    atomic_write(_path(registry), data, f".{JOINT_FILE}.{secrets.token_hex(8)}.tmp")
+
+
+def _stored(registry) -> tuple[JointModel, dict] | None:
+    from safetensors import safe_open
+
+    path = _path(registry)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            meta = json.loads(f.metadata()["occ"])
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        return JointModel.from_saved(tensors, meta), meta["manifest"]
+    except Exception:  # damaged or from another version: it is derived data, refitted on demand
+        return None
+
+
+def joint_for(registry, backbone: Backbone, *, extractor=None, settings: JointSettings | None = None, on_skip=None,
+              progress: Progress | None = None) -> tuple[JointModel | None, bool]:
+    """The joint model over the registry's usable ``lda`` sources: the stored one when it was fitted on
+    exactly these source versions, else one fitted now in memory. Returns (model, stale):
+    ``stale`` is True when the stored model did not match (``occ refit`` stores a fresh one)."""
+    from occ.features import FeatureExtractor
+
+    sources = _joint_sources(registry, backbone, on_skip=on_skip)
+    if not sources:
+        return None, False
+    stored = _stored(registry)
+    settings = (settings or (JointSettings(**stored[1]["settings"]) if stored else JointSettings())).resolved(backbone)
+    if stored and stored[1] == _manifest(sources, backbone, settings):
+        model = stored[0]
+        model.settings_ = settings
+        return model, False
+    try:
+        return _fit(sources, backbone, extractor or FeatureExtractor(backbone), settings, progress), stored is not None
+    except ValueError as exc:
+        raise RegistryError(f"cannot fit the joint model of registry {registry.root}: {first_line(exc)}") from None
+
+
+def rethreshold(registry, name: str, far: float | None, target_tpr: float | None, old_version: str) -> bool:
+    """After ``name``'s threshold rules changed (its verifier saved anew, previously at ``old_version``):
+    re-choose its threshold in the stored joint model from that model's held-out scores, and record the
+    source's new version, without refitting (no backbone needed). Returns False when there is no stored
+    model that matched the registry before the change (the next use refits)."""
+    stored = _stored(registry)
+    if stored is None or stored[1]["sources"].get(name) != old_version:
+        return False
+    model, manifest = stored
+    model.set_threshold(name, far, target_tpr)
+    manifest["sources"][name] = registry.info(name).path.name
+    _write(registry, model, manifest)
+    return True
+
+
+def _fault_point(step: str) -> None:
+    """Marks a step of a write; a no-op that crash tests replace to stop a writer there."""
+
+
+def joint_source_names(registry) -> list[str]:
+    """The registry's readable ``lda`` sources (from their ``verifier.json`` alone: no tensors, no backbone)."""
+    names = []
+    for name in registry.names():
+        try:
+            if registry.info(name).meta.get("kind") == "lda":
+                names.append(name)
+        except OccError:
+            continue
+    return names

@@ -1,0 +1,109 @@
+"""The joint open-set model and the evidence it reads (synthetic data: no backbone needed)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from occ.evidence import LaunderedView, evidence, training_views
+from occ.joint import ClassRows, JointModel
+
+
+def _blobs(seed=0, d=40, n=12, k=3):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 3, (k + 1, d))
+    sources = {f"s{i}": ClassRows(centres[i] + rng.normal(0, 1, (n, d)), np.arange(n)) for i in range(k)}
+    nontarget = ClassRows(centres[k] + rng.normal(0, 1, (5 * n, d)), np.arange(5 * n))
+    return sources, nontarget, centres, rng
+
+
+def test_names_the_right_source_and_rejects_far_points():
+    sources, nontarget, centres, rng = _blobs()
+    model = JointModel(dims=16).fit(sources, nontarget)
+    for i in range(3):
+        x = centres[i] + rng.normal(0, 1, (20, centres.shape[1]))
+        named = [d[0] for d in model.decide(x)]
+        assert np.mean([n == f"s{i}" for n in named]) >= 0.8
+    far = centres[3] + rng.normal(0, 1, (20, centres.shape[1]))  # the non-target class
+    assert all(d[0] is None for d in model.decide(far))
+    unseen = rng.normal(0, 3, centres.shape[1]) * 4 + rng.normal(0, 1, (20, centres.shape[1]))
+    assert np.mean([d[0] is None for d in model.decide(unseen)]) >= 0.8
+
+
+def test_fit_does_not_depend_on_the_order_of_sources():
+    sources, nontarget, centres, rng = _blobs(1)
+    a = JointModel(dims=16, seed=3).fit(sources, nontarget)
+    b = JointModel(dims=16, seed=3).fit(dict(reversed(list(sources.items()))), nontarget)
+    x = rng.normal(0, 3, (50, centres.shape[1]))
+    np.testing.assert_allclose(a.margins(x), b.margins(x), rtol=1e-4, atol=1e-4)
+    assert [d[0] for d in a.decide(x)] == [d[0] for d in b.decide(x)]
+
+
+def test_every_other_source_is_a_held_out_non_target():
+    sources, nontarget, _, _ = _blobs(2)
+    model = JointModel(dims=16).fit(sources, nontarget)
+    n_rows = sum(len(c) for c in sources.values()) + len(nontarget)
+    for name, cal in model.calibrations_.items():
+        assert len(cal.pos_scores) == len(sources[name])
+        assert len(cal.neg_scores) == n_rows - len(sources[name])
+
+
+def test_views_of_one_image_share_a_fold():
+    rng = np.random.default_rng(0)
+    # two identical rows per image: if they were split across folds, held-out scores would look in-sample
+    base = rng.normal(0, 1, (10, 8))
+    rows = ClassRows(np.repeat(base, 2, 0) + 5, np.repeat(np.arange(10), 2))
+    neg = ClassRows(rng.normal(0, 1, (40, 8)), np.arange(40))
+    from occ.joint import _folds
+
+    folds = _folds([rows, neg], 3, np.random.default_rng(1))
+    assert all(folds[0][2 * i] == folds[0][2 * i + 1] for i in range(10))
+    JointModel(dims=4).fit({"a": rows}, neg)
+
+
+def test_saved_model_scores_identically():
+    sources, nontarget, centres, rng = _blobs(3)
+    model = JointModel(dims=16).fit(sources, nontarget)
+    tensors, meta = model.to_saved()
+    again = JointModel.from_saved(tensors, meta)
+    x = rng.normal(0, 3, (30, centres.shape[1]))
+    np.testing.assert_array_equal(model.margins(x), again.margins(x))
+    assert [d[:2] for d in model.decide(x)] == [d[:2] for d in again.decide(x)]
+
+
+def test_too_few_images_is_refused():
+    sources, nontarget, _, _ = _blobs(4)
+    sources["tiny"] = ClassRows(np.zeros((3, 40)), np.zeros(3))  # three views of one image
+    with pytest.raises(ValueError, match="at least 2 images"):
+        JointModel(dims=8).fit(sources, nontarget)
+
+
+def test_evidence_vectors_have_unit_length_and_read_only_the_chosen_blocks():
+    rng = np.random.default_rng(0)
+    cls = rng.normal(0, 1, (4, 13, 6)).astype(np.float32)
+    e = evidence(cls, (4, 5, 6))
+    assert e.shape == (4, 18)
+    np.testing.assert_allclose(np.linalg.norm(e, axis=1), 1.0, rtol=1e-5)
+    changed = cls.copy()
+    changed[:, 9] += 100  # a block not read
+    np.testing.assert_array_equal(evidence(changed, (4, 5, 6)), e)
+
+
+def _image(seed=0, size=(96, 80)):
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 255, (*size[::-1], 3), dtype=np.uint8))
+
+
+def test_laundered_views_are_deterministic_under_a_seed():
+    im = _image()
+    a, b = LaunderedView(7, 0).apply(im), LaunderedView(7, 0).apply(im)
+    assert a.size == b.size and a.tobytes() == b.tobytes()
+    others = [LaunderedView(8, 0).apply(im), LaunderedView(7, 1).apply(im)]
+    assert any(o.size != a.size or o.tobytes() != a.tobytes() for o in others)
+    assert LaunderedView(7, 0).label != LaunderedView(8, 0).label != LaunderedView(7, 1).label
+
+
+def test_training_views_count():
+    views = training_views(3, 2)
+    assert views[0] is None and [v.index for v in views[1:]] == [0, 1] and all(v.seed == 3 for v in views[1:])
+    assert training_views(3, 0) == [None]

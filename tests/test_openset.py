@@ -1,0 +1,233 @@
+"""The registry as one model (issue 13): order-free decisions, refits that survive faults, overlaps,
+thresholds, removal, and the enroll options that shape what the joint model is fitted on."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from clikit import invoke, occ_argv, subprocess_env
+from PIL import Image
+
+from occ.attribution import Attributor
+from occ.config import VerifierConfig
+from occ.enrollment import enroll
+from occ.openset import JOINT_FILE, joint_for, refit
+from occ.registry import Registry
+from occ.sources import set_threshold
+from occ.testing.tiny_clip import gradient_image, noise_image
+from occ.training import TrainSettings
+from occ.verifier import Verifier
+
+
+def _stripes(seed: int, size=(48, 40)) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    x = np.arange(size[0])[None, :, None]
+    period = rng.uniform(3, 6)
+    a = (np.sin(x / period + rng.uniform(0, 6)) > 0).astype(np.float32)
+    arr = np.broadcast_to(a, (size[1], size[0], 3)) * np.array([200, 60, 220]) + rng.normal(0, 8, (size[1], size[0], 3))
+    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+
+
+FAMILIES = {"noise": noise_image, "grad": gradient_image, "stripes": _stripes}
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    root = tmp_path_factory.mktemp("families")
+    out = {}
+    for name, make in FAMILIES.items():
+        train, test = root / name / "train", root / name / "test"
+        train.mkdir(parents=True)
+        test.mkdir(parents=True)
+        for s in range(8):
+            make(s).save(train / f"{s}.png")
+        for s in range(100, 104):
+            make(s).save(test / f"{s}.png")
+        out[name] = (train, test)
+    return out
+
+
+def _enroll_all(root: Path, order, images, backbone, views=1):
+    reg = Registry(root)
+    for name in order:
+        enroll(reg, name, [images[name][0]], backbone=backbone,
+               verifier=Verifier(VerifierConfig(kind="lda", views=views, settings=TrainSettings(seed=0))))
+    return reg
+
+
+def _decisions(reg, backbone, images):
+    att = Attributor.from_registry(reg, backbone)
+    tests = [images[n][1] for n in sorted(images)]
+    return att, {d.path.rsplit("/", 3)[-3] + "/" + Path(d.path).name: d for d in att.run(tests)}
+
+
+def test_same_sources_in_two_orders_give_the_same_decisions(tmp_path, images, tiny_vision_backbone):
+    a = _enroll_all(tmp_path / "a", ["noise", "grad", "stripes"], images, tiny_vision_backbone)
+    b = _enroll_all(tmp_path / "b", ["stripes", "noise", "grad"], images, tiny_vision_backbone)
+    _, da = _decisions(a, tiny_vision_backbone, images)
+    _, db = _decisions(b, tiny_vision_backbone, images)
+    assert da.keys() == db.keys() and len(da) == 12
+    for key in da:
+        assert da[key].source == db[key].source and da[key].accepted == db[key].accepted
+        for name in FAMILIES:
+            assert da[key].scores[name] == pytest.approx(db[key].scores[name], abs=1e-6)
+    # and the joint model is not a formality: the test images of each family are told apart
+    assert np.mean([d.source == key.split("/")[0] for key, d in da.items()]) >= 0.5
+
+
+def test_every_source_sees_the_others_whatever_the_order(tmp_path, images, tiny_vision_backbone):
+    reg = _enroll_all(tmp_path / "r", ["noise", "grad"], images, tiny_vision_backbone)
+    model, stale = joint_for(reg, tiny_vision_backbone)
+    assert not stale and model.names_ == ["grad", "noise"]
+    # the first-enrolled source's held-out non-targets include the second source's training rows
+    n_grad_rows = model.n_rows_["grad"]
+    cal = model.calibrations_["noise"]
+    assert len(cal.neg_scores) == n_grad_rows + model.n_rows_["non-target"]
+
+
+def test_interrupted_refit_leaves_every_source_usable(tmp_path, images, tiny_vision_backbone, monkeypatch):
+    import occ.openset as openset
+
+    reg = _enroll_all(tmp_path / "r", ["noise"], images, tiny_vision_backbone)
+    before = (reg.root / JOINT_FILE).read_bytes()
+
+    def crash(step):
+        raise KeyboardInterrupt(f"killed at {step}")
+
+    monkeypatch.setattr(openset, "_fault_point", crash)
+    with pytest.raises(KeyboardInterrupt):
+        enroll(reg, "grad", [images["grad"][0]], backbone=tiny_vision_backbone,
+               verifier=Verifier(VerifierConfig(kind="lda", settings=TrainSettings(seed=0))))
+    monkeypatch.undo()
+    assert (reg.root / JOINT_FILE).read_bytes() == before  # the old model, whole
+    assert reg.names() == ["grad", "noise"]  # the source was stored before the refit began
+    att, stale_run = _decisions(reg, tiny_vision_backbone, images)
+    assert att.joint_stale and set(att.joint.names_) == {"grad", "noise"}  # never the half-updated model
+    refit(reg, tiny_vision_backbone)
+    att2, fresh = _decisions(reg, tiny_vision_backbone, images)
+    assert not att2.joint_stale
+    assert {k: d.source for k, d in stale_run.items()} == {k: d.source for k, d in fresh.items()}
+
+
+KILL_CHILD = r"""
+import sys, time
+import occ.openset as openset
+
+def hook(step):
+    sys.stderr.write(f"at {step}\n"); sys.stderr.flush(); time.sleep(3600)
+
+openset._fault_point = hook
+sys.argv = ["occ", *sys.argv[1:]]
+from occ.cli import main
+main()
+"""
+
+
+def test_kill_9_during_refit(tmp_path, images, tiny_vision_dir, tiny_vision_backbone):
+    reg = _enroll_all(tmp_path / "r", ["noise", "grad"], images, tiny_vision_backbone)
+    before = (reg.root / JOINT_FILE).read_bytes()
+    set_threshold(reg, "grad", far=0.2)  # the stored model still matches (thresholds re-chosen in place)
+    assert (reg.root / JOINT_FILE).read_bytes() != before
+    assert not joint_for(reg, tiny_vision_backbone)[1]
+    argv = occ_argv("refit", "--registry", reg.root, "--backbone", tiny_vision_dir)[1:]
+    child = subprocess.Popen([sys.executable, "-c", KILL_CHILD, *argv[2:]], env=subprocess_env(),
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        line = ""
+        while "at joint-write" not in line and time.monotonic() < deadline:
+            line = child.stderr.readline() or line
+            if child.poll() is not None:
+                break
+        assert "at joint-write" in line, child.stderr.read()
+        os.kill(child.pid, signal.SIGKILL)
+    finally:
+        child.wait(30)
+    assert (reg.root / JOINT_FILE).read_bytes() != before  # the threshold change is still there
+    run = invoke("attribute", images["noise"][1], "--registry", reg.root, "--backbone", tiny_vision_dir, "--json")
+    assert run.code == 0, run
+    assert "stored joint model does not match" not in run.stderr
+
+
+def test_overlapping_training_sets_are_reported(tmp_path, images, tiny_vision_dir):
+    reg = tmp_path / "r"
+    assert invoke("enroll", "noise", images["noise"][0], "--registry", reg, "--backbone", tiny_vision_dir).code == 0
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    for p in sorted(images["noise"][0].iterdir())[:3] + sorted(images["grad"][0].iterdir()):
+        (mixed / f"{p.parent.parent.name}-{p.name}").write_bytes(p.read_bytes())
+    run = invoke("enroll", "grad", mixed, "--registry", reg, "--backbone", tiny_vision_dir)
+    assert run.code == 0, run
+    assert "3 of these training images are also training images of source 'noise'" in run.stderr
+
+
+def test_few_shots_are_warned_about(tmp_path, images, tiny_vision_dir):
+    few = tmp_path / "few"
+    few.mkdir()
+    for p in sorted(images["noise"][0].iterdir())[:3]:
+        (few / p.name).write_bytes(p.read_bytes())
+    run = invoke("enroll", "noise", few, "--registry", tmp_path / "r", "--backbone", tiny_vision_dir)
+    assert run.code == 0, run
+    assert "only 3 target images" in run.stderr and "held-out figures rest on 3 target images" in run.stderr
+    run = invoke("enroll", "grad", images["grad"][0], "--registry", tmp_path / "r", "--backbone", tiny_vision_dir)
+    assert "only" not in run.stderr  # 8 images: no warning about the count
+
+
+@pytest.mark.parametrize("views", [0, 2])
+def test_views_option_sets_the_stored_training_rows(tmp_path, images, tiny_vision_dir, views):
+    reg = tmp_path / "r"
+    run = invoke("enroll", "noise", images["noise"][0], "--registry", reg, "--backbone", tiny_vision_dir,
+                 "--views", str(views))
+    assert run.code == 0, run
+    tensors, meta = Registry(reg).load("noise")
+    assert meta["views"] == views
+    assert len(tensors["evidence.ids"]) == 8 * (1 + views)
+    assert sorted(set(tensors["evidence.ids"].tolist())) == list(range(8))
+
+
+def test_views_and_training_options_are_refused_where_they_do_not_apply(tmp_path, images, tiny_vision_dir):
+    base = ("enroll", "noise", images["noise"][0], "--registry", tmp_path / "r", "--backbone", tiny_vision_dir)
+    assert invoke(*base, "--steps", "5").code == 2  # lda is fitted in closed form
+    assert invoke(*base, "--method", "probe", "--views", "1").code == 2
+    assert invoke(*base, "--views", "-1").code == 2
+    assert not (tmp_path / "r" / "sources").exists()
+
+
+def test_remove_refits_without_the_source(tmp_path, images, tiny_vision_dir, tiny_vision_backbone):
+    reg = _enroll_all(tmp_path / "r", ["noise", "grad"], images, tiny_vision_backbone)
+    run = invoke("sources", "remove", "grad", "--yes", "--registry", reg.root)
+    assert run.code == 0, run
+    model, stale = joint_for(reg, tiny_vision_backbone)
+    assert model.names_ == ["noise"] and not stale
+    assert invoke("sources", "remove", "noise", "--yes", "--registry", reg.root).code == 0
+    assert not (reg.root / JOINT_FILE).exists()
+
+
+def test_refit_command_stores_a_matching_model(tmp_path, images, tiny_vision_dir, tiny_vision_backbone):
+    reg = _enroll_all(tmp_path / "r", ["noise", "grad"], images, tiny_vision_backbone)
+    (reg.root / JOINT_FILE).unlink()
+    assert joint_for(reg, tiny_vision_backbone)[1] is False  # nothing stored: fitted in memory, not "stale"
+    run = invoke("refit", "--registry", reg.root, "--backbone", tiny_vision_dir)
+    assert run.code == 0, run
+    assert "refitted over 2 source(s) (grad, noise)" in run.stderr
+    assert (reg.root / JOINT_FILE).exists()
+
+
+def test_verify_and_attribute_agree(tmp_path, images, tiny_vision_dir, tiny_vision_backbone):
+    import json
+
+    reg = _enroll_all(tmp_path / "r", ["noise", "grad", "stripes"], images, tiny_vision_backbone)
+    tests = [images[n][1] for n in FAMILIES]
+    run = invoke("attribute", *tests, "--registry", reg.root, "--json")
+    att = [json.loads(line) for line in run.stdout.splitlines()]
+    for name in FAMILIES:
+        ver = [json.loads(line) for line in invoke("verify", *tests, "--source", name, "--registry", reg.root,
+                                                   "--json").stdout.splitlines()]
+        assert [v["accepted"] for v in ver] == [a["source"] == name for a in att]
