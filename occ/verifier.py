@@ -17,6 +17,7 @@ any backbone but the one it was fitted on (:func:`check_backbone`, the one place
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable
@@ -170,9 +171,8 @@ class Verifier:
         if not hasattr(self, "calibration_"):
             raise UsageError("this verifier is not fitted yet")
         self.calibration_ = self.calibration_.with_far(far, target_tpr)
-        self.config = VerifierConfig(kind=self.config.kind, template=self.config.template, settings=self.settings,
-                                     far=self.calibration_.far, target_tpr=self.calibration_.target_tpr,
-                                     folds=self.config.folds)
+        self.config = dataclasses.replace(self.config, far=self.calibration_.far,
+                                          target_tpr=self.calibration_.target_tpr)
         return self
 
     # -- saved form ----------------------------------------------------------------------------
