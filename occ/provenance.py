@@ -700,7 +700,7 @@ class Inspector:
         if has_c2pa:
             item = self._c2pa(data)
             items[:0] = [item] if item is not None else []
-        return Provenance(display_path(path), tuple(items))
+        return Provenance(str(path), tuple(items))
 
     def _c2pa(self, data: bytes) -> Evidence | None:
         try:
@@ -819,7 +819,8 @@ def disagreement(provenance: Provenance, pixel_source: str | None, candidates: S
         generator = item.claims.get("generator")
         if generator and not _matches(generator, pixel_source) and not any(
                 _matches(item.claims[k], pixel_source) for k in ("model", "software") if k in item.claims):
-            return f"{item.source} ({item.trust}) names generator '{_short(generator)}'; {said}"
+            model = f" (model '{_short(item.claims['model'])}')" if "model" in item.claims else ""
+            return f"{item.source} ({item.trust}) names generator '{_short(generator)}'{model}; {said}"
         if item.claims.get("source_kind") == "captured" or "camera" in item.claims:
             what = item.claims.get("camera") or item.claims.get("digital_source_type")
             return f"{item.source} ({item.trust}) claims a capture ({_short(what)}); {said}"

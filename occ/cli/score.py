@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from occ.cli import inspect as provenance_cli
 from occ.cli.common import (
     BackboneOpt,
     JsonOpt,
@@ -33,6 +34,8 @@ def verify(
     as_json: JsonOpt = False,
     registry: RegistryOpt = None,
     backbone: BackboneOpt = None,
+    provenance: provenance_cli.ProvenanceOpt = False,
+    trust_list: provenance_cli.TrustListOpt = None,
 ) -> None:
     """Score images against one source: calibrated score, threshold, accept/reject.
 
@@ -41,6 +44,7 @@ def verify(
     """
     from occ.attribution import Attributor
 
+    inspector = provenance_cli.scoring_inspector(provenance, trust_list)
     reg = open_registry(registry)
     if source not in reg:
         raise UsageError(f"no source named '{source}' in registry {reg.root} (enrolled: "
@@ -56,21 +60,29 @@ def verify(
         failures += 1
         report_file_error(exc, as_json)
 
+    found = []
     for d in attributor.run(paths, on_error):
         score, threshold = d.scores[source], d.thresholds[source]
         accepted = source in d.accepted
+        extra, cell = ({}, None)
+        if inspector is not None:  # beside the verdict, read after it: it cannot change it
+            obj, cell = provenance_cli.evidence(inspector, d.path, source if accepted else None, [source])
+            extra = {"provenance": obj}
+            found.append((d.path, obj))
         if as_json:
             print(json.dumps({"path": d.path, "source": source, "score": round(score, 6),
-                              "threshold": round(threshold, 6), "accepted": accepted}), flush=True)
+                              "threshold": round(threshold, 6), "accepted": accepted, **extra}), flush=True)
         else:
-            rows.append((markup_path(d.path), fmt(score), fmt(threshold), "[green]yes[/green]" if accepted else "no"))
+            rows.append((markup_path(d.path), fmt(score), fmt(threshold), "[green]yes[/green]" if accepted else "no",
+                         *([cell] if cell is not None else [])))
     if not as_json and rows:
         table = Table(title=f"verify against '{source}'")
-        for col in ("image", "score", "threshold", "accepted"):
+        for col in ("image", "score", "threshold", "accepted", *(["provenance"] if inspector else [])):
             table.add_column(col, overflow="fold" if col == "image" else "ellipsis")  # never cut a file name
         for row in rows:
             table.add_row(*row)
         out.print(table)
+        provenance_cli.print_disagreements(found)
     raise typer.Exit(1 if failures else 0)
 
 
@@ -80,6 +92,8 @@ def attribute(
     as_json: JsonOpt = False,
     registry: RegistryOpt = None,
     backbone: BackboneOpt = None,
+    provenance: provenance_cli.ProvenanceOpt = False,
+    trust_list: provenance_cli.TrustListOpt = None,
 ) -> None:
     """Name the source of each image among all enrolled sources, or 'unknown' when none accepts.
 
@@ -88,6 +102,7 @@ def attribute(
     """
     from occ.attribution import Attributor
 
+    inspector = provenance_cli.scoring_inspector(provenance, trust_list)
     reg = open_registry(registry)
     if len(reg) == 0:  # before loading (perhaps fetching) a backbone
         raise UsageError(f"registry {reg.root} is empty: enroll a source first with `occ enroll`")
@@ -107,20 +122,27 @@ def attribute(
         failures += 1
         report_file_error(exc, as_json)
 
+    found = []
     for d in attributor.run(paths, on_error):
+        extra, cell = ({}, None)
+        if inspector is not None:  # beside the verdict, read after it: it cannot change it
+            obj, cell = provenance_cli.evidence(inspector, d.path, d.source, list(attributor.verifiers))
+            extra = {"provenance": obj}
+            found.append((d.path, obj))
         if as_json:
             print(json.dumps({"path": d.path, "source": d.source,
                               "scores": {k: round(v, 6) for k, v in d.scores.items()},
-                              "accepted": d.accepted}), flush=True)
+                              "accepted": d.accepted, **extra}), flush=True)
         else:
             best = max(d.scores.items(), key=lambda kv: kv[1])
             rows.append((markup_path(d.path), d.source or "[dim]unknown[/dim]", f"{best[0]} {fmt(best[1])}",
-                         ", ".join(d.accepted) or "-"))
+                         ", ".join(d.accepted) or "-", *([cell] if cell is not None else [])))
     if not as_json and rows:
         table = Table(title=f"attribution over {len(attributor.verifiers)} source(s)")
-        for col in ("image", "source", "best score", "accepted by"):
+        for col in ("image", "source", "best score", "accepted by", *(["provenance"] if inspector else [])):
             table.add_column(col, overflow="fold" if col == "image" else "ellipsis")
         for row in rows:
             table.add_row(*row)
         out.print(table)
+        provenance_cli.print_disagreements(found)
     raise typer.Exit(1 if failures or skipped else 0)
