@@ -74,7 +74,7 @@ def cases(chain) -> dict:
             "once decompressed"),
         "malformed C2PA box of 64 MiB": (
             lambda: png_with(png_chunk(b"caBX", b"\x00\x00\x00\x40jumb" + os.urandom(2**26))), ".png",
-            "malformed C2PA data"),
+            "cannot verify C2PA data"),
         "ComfyUI prompt nested 500,000 deep": (lambda: png_with(text_chunk("prompt", "[" * 500_000)), ".png",
                                                "not valid JSON"),
         "invalid UTF-8 iTXt": (

@@ -25,6 +25,7 @@ when they conflict. The module reads; it never prints.
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import re
 import struct
@@ -72,7 +73,6 @@ MAX_PROBLEMS = 20  # failure codes reported per manifest
 
 _IPTC_EXT = "http://iptc.org/std/Iptc4xmpExt/2008-02-29/"
 _XMP_BASIC = "http://ns.adobe.com/xap/1.0/"
-_RDF = "http://www.w3.org/1999/02/22-rdf-syntax-ns#"
 _XMP_FIELDS = {
     (_IPTC_EXT, "DigitalSourceType"): "digital_source_type",
     (_IPTC_EXT, "AISystemUsed"): "generator",
@@ -80,6 +80,7 @@ _XMP_FIELDS = {
     (_IPTC_EXT, "AIPromptInformation"): "prompt",
     (_XMP_BASIC, "CreatorTool"): "software",
     (_XMP_BASIC, "CreateDate"): "when",
+    ("http://purl.org/dc/terms/", "provenance"): "remote_manifest",  # where a C2PA manifest is kept (never fetched)
 }
 
 DIGITAL_SOURCE_TYPES: dict[str, str] = {
@@ -369,7 +370,7 @@ def _comfy_claims(prompt_json: str | None, workflow_json: str | None) -> dict[st
     models: list[str] = []
     graph = _load_json(prompt_json)
     if isinstance(graph, dict):
-        nodes = {k: v for k, v in list(graph.items())[:MAX_JSON_NODES] if isinstance(v, dict)}
+        nodes = {k: v for k, v in itertools.islice(graph.items(), MAX_JSON_NODES) if isinstance(v, dict)}
         for node in nodes.values():
             inputs = node.get("inputs") if isinstance(node.get("inputs"), dict) else {}
             models += [str(inputs[k]) for k in _CHECKPOINT_INPUTS if isinstance(inputs.get(k), str)]
@@ -618,6 +619,11 @@ def c2pa_available() -> bool:
     return True
 
 
+def _require_c2pa() -> None:
+    if not c2pa_available():
+        raise UsageError("a trust list needs C2PA support: pip install 'occ[provenance]'")
+
+
 def _has_c2pa_marker(data: bytes) -> bool:
     """Whether a non-PNG file may hold a C2PA manifest store: a JUMBF superbox ("jumb") labelled
     "c2pa", so both byte strings appear (PNG files say so with a caBX chunk)."""
@@ -674,8 +680,8 @@ class Inspector:
     """
 
     def __init__(self, trust_pem: str | None = None):
-        if trust_pem is not None and not c2pa_available():
-            raise UsageError("a trust list needs C2PA support: pip install 'occ[provenance]'")
+        if trust_pem is not None:
+            _require_c2pa()
         self.trust_pem = trust_pem
         self._context = None
 
@@ -722,7 +728,9 @@ class Inspector:
                 store = json.loads(reader.json())
                 state = reader.get_validation_state()
         except Exception as exc:  # c2pa.C2paError and anything else the native parser raises on hostile data
-            return Evidence("c2pa", UNREADABLE, problems=(f"malformed C2PA data: {_clean(exc, 200)}",))
+            why = ("the manifest is a remote manifest, which occ never fetches" if "remote manifest" in str(exc)
+                   else _clean(exc, 200))
+            return Evidence("c2pa", UNREADABLE, problems=(f"cannot verify C2PA data: {why}",))
         return self._c2pa_item(store, state)
 
     def _c2pa_item(self, store: dict, state: str | None) -> Evidence:
@@ -754,9 +762,8 @@ class Inspector:
 def load_trust_list(path) -> str:
     """The PEM certificates in the file at ``path`` (trust anchors for C2PA signers), checked to
     parse; raises :class:`UsageError` naming the file otherwise."""
-    if not c2pa_available():
-        raise UsageError("a trust list needs C2PA support: pip install 'occ[provenance]'")
-    from cryptography import x509  # a dependency of c2pa-python
+    _require_c2pa()
+    from cryptography import x509  # part of the 'provenance' extra
 
     shown = display_path(path)
     try:

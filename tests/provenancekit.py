@@ -78,13 +78,18 @@ def created_manifest(agent: str = "DALL-E 3", app: str = "ChatGPT",
                 "softwareAgent": {"name": agent}, "when": "2026-11-30T10:00:00Z"}]}}]}
 
 
-def c2pa_sign(data: bytes, mime: str, chain: Chain, manifest: dict | None = None) -> bytes:
-    """``data`` with a C2PA manifest embedded and signed by ``chain``'s leaf (real c2pa-python)."""
+def c2pa_sign(data: bytes, mime: str, chain: Chain, manifest: dict | None = None,
+              remote_url: str | None = None) -> bytes:
+    """``data`` with a C2PA manifest signed by ``chain``'s leaf (real c2pa-python), embedded, or with
+    ``remote_url`` only referenced from the file's XMP (the manifest itself is not kept)."""
     import c2pa
 
     signer = c2pa.Signer.from_info(c2pa.C2paSignerInfo(b"es256", chain.chain_pem, chain.key_pem, None))
     context = c2pa.Context.from_dict({"builder": {"thumbnail": {"enabled": False}}})
     builder = c2pa.Builder(manifest or created_manifest(), context=context)
+    if remote_url is not None:
+        builder.set_no_embed()
+        builder.set_remote_url(remote_url)
     out = io.BytesIO()
     builder.sign(signer, mime, io.BytesIO(data), out)
     return out.getvalue()

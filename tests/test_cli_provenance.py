@@ -167,3 +167,6 @@ def test_trust_list_needs_provenance(w, named, tmp_path, chain):
     assert (item["trust"], item["trusted"]) == ("signed-valid", None)
     item = invoke("attribute", signed, *base, "--trust-list", pem).json()[0]["provenance"]["items"][0]
     assert (item["trust"], item["trusted"]) == ("signed-valid", True)
+    row = invoke("verify", signed, "--source", "alpha", *base, "--trust-list", pem).json()[0]
+    assert (row["provenance"]["items"][0]["trusted"], row["provenance"]["items"][0]["claims"]["generator"]) == (True,
+                                                                                                            "beta")

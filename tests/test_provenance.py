@@ -4,10 +4,14 @@ AUTOMATIC1111 / ComfyUI PNG text chunks, EXIF, and hostile metadata."""
 
 from __future__ import annotations
 
+import http.server
 import json
 import subprocess
 import sys
+import threading
 import time
+import urllib.error
+import urllib.request
 import zlib
 from pathlib import Path
 
@@ -117,9 +121,40 @@ def test_malformed_c2pa_box_is_unreadable_and_the_rest_is_read(tmp_path):
         data = png_with(png_chunk(b"caBX", payload), text_chunk("parameters", A1111_PARAMETERS))
         prov = inspect(tmp_path, data)
         item = only(prov, "c2pa")
-        assert item.trust == pv.UNREADABLE and item.problems[0].startswith("malformed C2PA data")
+        assert item.trust == pv.UNREADABLE and item.problems[0].startswith("cannot verify C2PA data")
         assert only(prov, "png-text").claims["model"] == "sd_xl_base_1.0"
         assert prov.level == pv.UNSIGNED
+
+
+def test_remote_manifests_are_never_fetched(tmp_path, chain):
+    """A file that points to its manifest on a server (a real one, on loopback): the URL is reported,
+    nothing is requested, even when C2PA-looking bytes make occ hand the file to c2pa-python."""
+    hits = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            hits.append(self.path)
+            self.send_response(404)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/manifest.c2pa"
+        remote = c2pa_sign(encode(pattern_image(), "JPEG"), "image/jpeg", chain, remote_url=url)
+        item = only(inspect(tmp_path, remote, "r.jpg"), "xmp")
+        assert item.claims == {"remote_manifest": url}
+        marked = remote[:2] + b"\xff\xfe\x00\x0bjumb c2pa" + remote[2:]  # a JPEG comment with the marker
+        item = only(inspect(tmp_path, marked, "m.jpg"), "c2pa")
+        assert item.trust == pv.UNREADABLE and "remote manifest" in item.problems[0]
+        with pytest.raises(urllib.error.HTTPError):  # the server is live and counts what it gets
+            urllib.request.urlopen(f"http://127.0.0.1:{server.server_port}/probe", timeout=10)
+    finally:
+        server.shutdown()
+    assert hits == ["/probe"]
 
 
 def test_without_the_extra_c2pa_is_reported_unverified(tmp_path, chain):
@@ -177,6 +212,16 @@ def test_xmp_tools_and_unknown_terms(tmp_path):
     item = only(inspect(tmp_path, encode(pattern_image(), "WEBP", xmp=packet), "x.webp"), "xmp")
     assert item.claims == {"digital_source_type": "someFutureTerm", "source_kind": "unknown",
                            "software": "Adobe Photoshop 26.1", "generator": "Midjourney v7"}
+
+
+def test_xmp_in_tiff(tmp_path):
+    from PIL import TiffImagePlugin
+
+    tags = TiffImagePlugin.ImageFileDirectory_v2()
+    tags[700] = xmp_packet("compositeWithTrainedAlgorithmicMedia")  # XMLPacket
+    tags.tagtype[700] = 1  # bytes
+    item = only(inspect(tmp_path, encode(pattern_image(), "TIFF", tiffinfo=tags), "x.tif"), "xmp")
+    assert item.claims == {"digital_source_type": "compositeWithTrainedAlgorithmicMedia", "source_kind": "ai-edited"}
 
 
 def test_xmp_without_provenance_fields_is_no_evidence(tmp_path):

@@ -64,7 +64,7 @@ def verify(
     for d in attributor.run(paths, on_error):
         score, threshold = d.scores[source], d.thresholds[source]
         accepted = source in d.accepted
-        extra, cell = ({}, None)
+        extra, cell = {}, None
         if inspector is not None:  # beside the verdict, read after it: it cannot change it
             obj, cell = provenance_cli.evidence(inspector, d.path, source if accepted else None, [source])
             extra = {"provenance": obj}
@@ -124,7 +124,7 @@ def attribute(
 
     found = []
     for d in attributor.run(paths, on_error):
-        extra, cell = ({}, None)
+        extra, cell = {}, None
         if inspector is not None:  # beside the verdict, read after it: it cannot change it
             obj, cell = provenance_cli.evidence(inspector, d.path, d.source, list(attributor.verifiers))
             extra = {"provenance": obj}
