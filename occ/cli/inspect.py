@@ -74,7 +74,7 @@ def inspect_cmd(
     signed-valid: a C2PA manifest whose signature and hashes verify (and whose signer chains to
     --trust-list when given); signed-invalid: one that fails, with what failed; unsigned-claim: XMP/IPTC
     DigitalSourceType, AUTOMATIC1111/ComfyUI PNG text, EXIF Software (trivially forged or stripped);
-    unreadable: malformed or unverifiable metadata. No metadata proves nothing: most platforms strip it.
+    unreadable: malformed or unverifiable metadata. Absent metadata proves nothing: most platforms strip it.
     """
     from occ.images import iter_paths
 
