@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from occ.cli import backbone, enroll, evaluate, refit, score, share, sources
+from occ.cli import backbone, enroll, evaluate, inspect, refit, score, share, sources
 from occ.cli.common import SCORES_HELP, TYPER_SETTINGS
 
 app = typer.Typer(
@@ -45,6 +45,7 @@ app.add_typer(sources.sources_app, name="sources")
 app.command("export")(share.export_cmd)
 app.command("import")(share.import_cmd)
 app.command("backbone")(backbone.backbone_cmd)
+app.command("inspect")(inspect.inspect_cmd)
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from occ.cli import inspect as provenance_cli
 from occ.cli.common import (
     BackboneOpt,
     InputErrors,
@@ -28,6 +29,12 @@ PathsArg = Annotated[list[Path], typer.Argument(help="Image files or folders.")]
 PerImageJson = Annotated[bool, json_option("one JSON object per image (or per unreadable file)")]
 
 
+def warn_if_stale(attributor) -> None:
+    if attributor.joint_stale:
+        warn("the registry's stored joint model does not match its sources (an interrupted enroll or refit?): "
+             "fitted again in memory for this run; `occ refit` stores it")
+
+
 @handle_errors
 def verify(
     paths: PathsArg,
@@ -35,6 +42,8 @@ def verify(
     as_json: PerImageJson = False,
     registry: RegistryOpt = None,
     backbone: BackboneOpt = None,
+    provenance: provenance_cli.ProvenanceOpt = False,
+    trust_list: provenance_cli.TrustListOpt = None,
 ) -> None:
     """Score images against one source: calibrated score, threshold, accept/reject.
 
@@ -44,6 +53,7 @@ def verify(
     """
     from occ.attribution import Attributor
 
+    inspector = provenance_cli.scoring_inspector(provenance, trust_list)
     reg = open_registry(registry)
     if source not in reg:
         raise UsageError(f"no source named '{source}' in registry {reg.root} (enrolled: "
@@ -51,21 +61,28 @@ def verify(
     reg.info(source)  # a damaged verifier.json is reported before any backbone is loaded
     bb = backbone_for(backbone, reg, [source])
     attributor = Attributor.from_registry(reg, bb, [source])
-    if attributor.joint_stale:
-        warn("the registry's stored joint model does not match its sources (an interrupted enroll or refit?): "
-             "fitted again in memory for this run; `occ refit` stores it")
+    warn_if_stale(attributor)
     failures = InputErrors(as_json)
     rows = []
+    found = []
     for d in attributor.run(paths, failures):
         score, threshold = d.scores[source], d.thresholds[source]
         accepted = source in d.accepted
+        extra, cell = {}, None
+        if inspector is not None:  # beside the verdict, read after it: it cannot change it
+            obj, cell = provenance_cli.evidence(inspector, d.path, source if accepted else None, [source])
+            extra = {"provenance": obj}
+            found.append((d.path, obj))
         if as_json:
             print(json.dumps({"path": d.path, "source": source, "score": round(score, 6),
-                              "threshold": round(threshold, 6), "accepted": accepted}), flush=True)
+                              "threshold": round(threshold, 6), "accepted": accepted, **extra}), flush=True)
         else:
-            rows.append((markup_path(d.path), fmt(score), fmt(threshold), "[green]yes[/green]" if accepted else "no"))
+            rows.append((markup_path(d.path), fmt(score), fmt(threshold), "[green]yes[/green]" if accepted else "no",
+                         *([cell] if cell is not None else [])))
     if rows:
-        print_table(f"verify against '{source}'", ("image", "score", "threshold", "accepted"), rows)
+        print_table(f"verify against '{source}'",
+                    ("image", "score", "threshold", "accepted", *(["provenance"] if inspector else [])), rows)
+        provenance_cli.print_disagreements(found)
     raise typer.Exit(1 if failures.count else 0)
 
 
@@ -75,6 +92,8 @@ def attribute(
     as_json: PerImageJson = False,
     registry: RegistryOpt = None,
     backbone: BackboneOpt = None,
+    provenance: provenance_cli.ProvenanceOpt = False,
+    trust_list: provenance_cli.TrustListOpt = None,
 ) -> None:
     """Name the source of each image among all enrolled sources, or 'unknown' when none accepts.
 
@@ -85,6 +104,7 @@ def attribute(
     from occ.attribution import Attributor
     from occ.sources import require_enrolled
 
+    inspector = provenance_cli.scoring_inspector(provenance, trust_list)
     reg = open_registry(registry)
     require_enrolled(reg)  # before loading (perhaps fetching) a backbone
     bb = backbone_for(backbone, reg)
@@ -95,21 +115,26 @@ def attribute(
         report_left_out(name, exc)
 
     attributor = Attributor.from_registry(reg, bb, on_skip=on_skip)
-    if attributor.joint_stale:
-        warn("the registry's stored joint model does not match its sources (an interrupted enroll or refit?): "
-             "fitted again in memory for this run; `occ refit` stores it")
+    warn_if_stale(attributor)
     failures = InputErrors(as_json)
     rows = []
+    found = []
     for d in attributor.run(paths, failures):
+        extra, cell = {}, None
+        if inspector is not None:  # beside the verdict, read after it: it cannot change it
+            obj, cell = provenance_cli.evidence(inspector, d.path, d.source, list(attributor.verifiers))
+            extra = {"provenance": obj}
+            found.append((d.path, obj))
         if as_json:
             print(json.dumps({"path": d.path, "source": d.source,
                               "scores": {k: round(v, 6) for k, v in d.scores.items()},
-                              "accepted": d.accepted}), flush=True)
+                              "accepted": d.accepted, **extra}), flush=True)
         else:
             best = max(d.scores.items(), key=lambda kv: kv[1])
             rows.append((markup_path(d.path), d.source or "[dim]unknown[/dim]", f"{best[0]} {fmt(best[1])}",
-                         ", ".join(d.accepted) or "-"))
+                         ", ".join(d.accepted) or "-", *([cell] if cell is not None else [])))
     if rows:
         print_table(f"attribution over {len(attributor.verifiers)} source(s)",
-                    ("image", "source", "best score", "accepted by"), rows)
+                    ("image", "source", "best score", "accepted by", *(["provenance"] if inspector else [])), rows)
+        provenance_cli.print_disagreements(found)
     raise typer.Exit(1 if failures.count or skipped else 0)
