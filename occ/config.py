@@ -100,7 +100,7 @@ class VerifierConfig:
                                  f"{', '.join(unused)} do not apply")
 
     @classmethod
-    def from_options(cls, *, method: str = DEFAULT_METHOD, kind: str | None = None, template: str | None = None,
+    def from_options(cls, *, method: str | None = None, kind: str | None = None, template: str | None = None,
                      backbone=None, far: float = DEFAULT_FAR, target_tpr: float = DEFAULT_TARGET_TPR,
                      views: int | None = None, **settings) -> VerifierConfig:
         """The config ``occ enroll`` options describe, one option to one field. ``method`` names a family
@@ -108,6 +108,7 @@ class VerifierConfig:
         template's kind, else :func:`default_kind` of ``backbone``: a backbone, or a function returning
         one, called only then); ``settings`` are :class:`TrainSettings` fields, None meaning "not given".
         Every value is checked before ``backbone`` is called."""
+        method = DEFAULT_METHOD if method is None else method
         if method not in METHODS:
             raise UsageError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
         family = [k for k, c in KINDS.items() if c.method == method]

@@ -114,8 +114,12 @@ def gradient_family(folder: Path, seeds: Iterable[int]) -> list[Path]:
 
 
 def enroll_args(name: str, images, registry: Path, backbone: Path, *extra) -> list:
+    """``occ enroll`` with the default method (lda, fitted in closed form)."""
     paths = images if isinstance(images, (list, tuple)) else [images]
-    return ["enroll", name, *paths, "--registry", registry, "--backbone", backbone, "--steps", STEPS, *extra]
+    return ["enroll", name, *paths, "--registry", registry, "--backbone", backbone, *extra]
+
+
+PROMPT = ("--method", "prompt", "--steps", STEPS)  # enroll options for a prompt verifier, trained briefly
 
 
 def copy_registry(src: Path, dest: Path) -> Path:

@@ -219,11 +219,9 @@ def test_enroll_records_the_backbone_actually_used(w, tmp_path, monkeypatch) -> 
 
     shutil.copytree(w.backbone, tmp_path / "bb")
     monkeypatch.chdir(tmp_path)
-    run = invoke("enroll", "rel", w.a_train, "--registry", tmp_path / "r1", "--backbone", "bb", "--steps",
-                 clikit.STEPS)
+    run = invoke("enroll", "rel", w.a_train, "--registry", tmp_path / "r1", "--backbone", "bb")
     assert run.code == 0, run
-    run = invoke("enroll", "env", w.a_train, "--registry", tmp_path / "r2", "--steps", clikit.STEPS,
-                 env={"OCC_BACKBONE": str(w.backbone)})
+    run = invoke("enroll", "env", w.a_train, "--registry", tmp_path / "r2", env={"OCC_BACKBONE": str(w.backbone)})
     assert run.code == 0, run
     monkeypatch.chdir(w.root)
     for registry, name, spec in ((tmp_path / "r1", "rel", tmp_path / "bb"), (tmp_path / "r2", "env", w.backbone)):

@@ -97,13 +97,13 @@ def test_losses_known_answers() -> None:
                                       TrainSettings(steps=8, batch_size=8, adversarial="none")])
 def test_training_options_fit_and_only_prompts_and_head_change(tiny_vision_backbone, settings) -> None:
     torch.manual_seed(0)
-    blocks = Verifier().kv_blocks(tiny_vision_backbone)
+    blocks = Verifier(VerifierConfig(kind="visual")).kv_blocks(tiny_vision_backbone)
     warm = torch.rand(12, 3, 32, 32) * 0.5 + 0.5
     cool = -torch.rand(24, 3, 32, 32) * 0.5 - 0.5
     pos = tiny_vision_backbone.trunk(warm, blocks)
     neg = tiny_vision_backbone.trunk(cool, blocks)
     before = {k: v.clone() for k, v in tiny_vision_backbone.vision.state_dict().items()}
-    verifier = Verifier(VerifierConfig(settings=settings))
+    verifier = Verifier(VerifierConfig(kind="visual", settings=settings))
     verifier.fit(tiny_vision_backbone, pos.select(range(8)), neg.select(range(16)))
     after = tiny_vision_backbone.vision.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)

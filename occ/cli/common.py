@@ -15,9 +15,10 @@ from occ.errors import ImageError, OccError, UsageError, one_line
 from occ.paths import display_path
 
 SCORES_HELP = (
-    "Scores are calibrated probabilities (0..1) that the image comes from the source, estimated from "
-    "held-out cross-validation scores at enrollment with equal priors; they compare across sources. "
-    "A verifier accepts when its score reaches its threshold, which obeys two rules chosen at enrollment: "
+    "Scores (0..1) are a monotone map of each source's raw margin, fitted on held-out cross-validation "
+    "scores with equal priors, so that they compare across sources; they are not probabilities that the "
+    "image comes from the source (on generators and photos unlike the training data they are not "
+    "calibrated: check with `occ eval`). A verifier accepts when its score reaches its threshold, which obeys two rules chosen at enrollment: "
     "at most --far of held-out non-target images accepted (false accepts), and at most --tpr of held-out "
     "target images accepted (so the threshold stays strict for images unlike any seen); the stricter wins."
 )

@@ -45,11 +45,11 @@ def verify(
     provenance: provenance_cli.ProvenanceOpt = False,
     trust_list: provenance_cli.TrustListOpt = None,
 ) -> None:
-    """Score images against one source: calibrated score, threshold, accept/reject.
+    """Score images against one source: score (0..1), threshold, accept/reject.
 
-    Scores are calibrated probabilities (0..1) that the image comes from the source; the source's
-    threshold obeys its two rules from enrollment: at most --far of held-out non-target images and at
-    most --tpr of held-out target images accepted (the stricter wins).
+    The source's threshold obeys its two rules from enrollment: at most --far of held-out non-target
+    images and at most --tpr of held-out target images accepted (the stricter wins). An lda source
+    accepts only an image that the registry's joint model attributes to it, so verify and attribute agree.
     """
     from occ.attribution import Attributor
 
@@ -97,9 +97,10 @@ def attribute(
 ) -> None:
     """Name the source of each image among all enrolled sources, or 'unknown' when none accepts.
 
-    Every enrolled verifier scores the image; among those that accept (score at or above its threshold,
-    see `occ verify --help`), the highest calibrated score wins. Scores are calibrated probabilities
-    (0..1), comparable across sources.
+    lda sources (the default) are decided together by the registry's joint model: the nearest source is
+    named when its margin reaches its threshold and the image lies within the spread of its own held-out
+    images. Sources of other kinds accept when their score reaches their threshold (see `occ verify
+    --help`). Among accepting sources the highest score wins; scores (0..1) compare across sources.
     """
     from occ.attribution import Attributor
     from occ.sources import require_enrolled
