@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # occ end to end on the embedded default backbone (CLIP ViT-B/16 image tower, offline):
 # enroll a source from 8 example images, verify and attribute new images, print JSON for scripts.
+# The source is a procedural toy generator (make_toy_images.py), not a real AI model: see README.md.
 #
 #   bash examples/walkthrough.sh            # uses a fresh registry under examples/.registry
 #
@@ -13,16 +14,16 @@ export OCC_REGISTRY="${OCC_REGISTRY:-$PWD/.registry}"
 show() { printf '\n$ %s\n' "$*"; "$@"; }
 
 show $OCC backbone
-# 1. Enroll: 8 Stable Diffusion 1.5 images (MIT-licensed, see images/PROVENANCE.md).
-show $OCC enroll sd15 images/sd15 --replace || exit 1
+# 1. Enroll: 8 images of the toy generator (images/toy, written by make_toy_images.py).
+show $OCC enroll toy images/toy --replace || exit 1
 show $OCC sources
-# 2. Verify new images against that source: 4 other SD 1.5 images and 3 real photos.
-show $OCC verify images/check --source sd15
+# 2. Verify new images against that source: 4 other toy images and 3 real photos.
+show $OCC verify images/check --source toy
 # 3. Attribute against every enrolled source: a source name, or "unknown".
 show $OCC attribute images/check
 # 4. The same as JSON lines, for scripts.
 show $OCC attribute images/check --json
 # 5. Share a verifier: export it to one file, import it under another name.
-show $OCC export sd15 "$OCC_REGISTRY/../sd15.occ.zip" 2>/dev/null || true
-show $OCC import "$OCC_REGISTRY/../sd15.occ.zip" --as sd15-copy --replace
+show $OCC export toy "$OCC_REGISTRY/../toy.occ.zip" 2>/dev/null || true
+show $OCC import "$OCC_REGISTRY/../toy.occ.zip" --as toy-copy --replace
 show $OCC sources

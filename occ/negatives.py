@@ -1,9 +1,12 @@
-"""The default non-target bank: real photographs that ship with occ.
+"""The default non-target bank: real images that ship with occ.
 
-261 photos from free-licence Debian and PyPI packages (animals, places, objects, people, scenes),
-re-encoded to at most 512 px on the long side (JPEG q92). ``occ/data/negatives/PROVENANCE.csv`` names
-each photo's package, version, path, author and licence; ``tools/build_negative_bank.py`` rebuilt them.
-Their trunk features are computed once per backbone and kept in the feature cache.
+379 images from 14 free-licence Debian and PyPI packages (no package over 35 %): 273 photographs
+(people, rooms, food, streets, vehicles, animals, nature, objects), 9 photographed or scanned
+documents and 97 program screenshots, re-encoded to at most 384 px on the short side and 768 px on
+the long side (JPEG q90). ``occ/data/negatives/PROVENANCE.csv`` names each file's kind, package,
+version, path, author and licence; ``tools/build_negative_bank.py`` rebuilds them from the packages
+(and refuses any devset image). Their trunk features are computed once per backbone and kept in the
+feature cache.
 """
 
 from __future__ import annotations

@@ -338,30 +338,30 @@ def test_end_to_end_on_the_embedded_backbone(embedded_cache_dir, tmp_path, monke
     reg = tmp_path / "reg"
     # 3 steps per model keep this near a minute on a 2-core CPU (training dominates) and already
     # separate the example images.
-    run = invoke("enroll", "sd15", examples / "sd15", "--registry", reg, "--steps", "3")
+    run = invoke("enroll", "toy", examples / "toy", "--registry", reg, "--steps", "3")
     assert run.code == 0, run
-    assert "enrolled 'sd15'" in run.stdout
+    assert "enrolled 'toy'" in run.stdout
     assert invoke("sources", "--registry", reg).code == 0
-    verify = invoke("verify", examples / "check", "--source", "sd15", "--registry", reg, "--json")
+    verify = invoke("verify", examples / "check", "--source", "toy", "--registry", reg, "--json")
     assert verify.code == 0, verify
     rows = verify.json()
     assert len(rows) == 7
     for row in rows:
-        check_verify_row(row, "sd15")
+        check_verify_row(row, "toy")
     attribute = invoke("attribute", examples / "check", "--registry", reg, "--json")
     assert attribute.code == 0, attribute
     decisions = attribute.json()
     for row in decisions:
-        check_attribute_row(row, ["sd15"])
+        check_attribute_row(row, ["toy"])
     by_name = {Path(r["path"]).name: r for r in decisions}
-    sd = [r["scores"]["sd15"] for n, r in by_name.items() if n.startswith("sd15-")]
-    photos = [r["scores"]["sd15"] for n, r in by_name.items() if n.startswith("photo-")]
-    assert len(sd) == 4 and len(photos) == 3
-    assert sum(sd) / len(sd) > sum(photos) / len(photos), by_name
+    toy = [r["scores"]["toy"] for n, r in by_name.items() if n.startswith("toy-")]
+    photos = [r["scores"]["toy"] for n, r in by_name.items() if n.startswith("photo-")]
+    assert len(toy) == 4 and len(photos) == 3
+    assert sum(toy) / len(toy) > sum(photos) / len(photos), by_name
     assert all(r["source"] is None for n, r in by_name.items() if n.startswith("photo-")), by_name  # open set
-    archive = tmp_path / "sd15.occ.zip"
-    assert invoke("export", "sd15", archive, "--registry", reg).code == 0
+    archive = tmp_path / "toy.occ.zip"
+    assert invoke("export", "toy", archive, "--registry", reg).code == 0
     assert invoke("import", archive, "--registry", tmp_path / "reg2").code == 0
-    again = invoke("verify", examples / "check", "--source", "sd15", "--registry", tmp_path / "reg2", "--json")
+    again = invoke("verify", examples / "check", "--source", "toy", "--registry", tmp_path / "reg2", "--json")
     assert again.stdout == verify.stdout
     assert os.environ["OCC_CACHE_DIR"] == str(embedded_cache_dir)
