@@ -28,6 +28,11 @@ def import_cmd(
     replace: Annotated[bool, typer.Option("--replace", help="Replace an existing source of that name.")] = False,
     registry: RegistryOpt = None,
 ) -> None:
-    """Add a source from a file made by `occ export` (validated first; a bad file writes nothing)."""
-    record = open_registry(registry).import_file(file, as_name=as_name, replace=replace)
+    """Add a source from a file made by `occ export` (validated first; a bad file writes nothing); the
+    registry's joint model is then refitted with it."""
+    from occ.cli.refit import refit_registry
+
+    reg = open_registry(registry)
+    record = reg.import_file(file, as_name=as_name, replace=replace)
     err.print(f"imported '{record.name}'", markup=False)
+    refit_registry(reg, None)
