@@ -19,8 +19,9 @@ SCORES_HELP = (
     "scores with equal priors, so that they compare across sources; they are not probabilities that the "
     "image comes from the source (on generators and photos unlike the training data they are not "
     "calibrated: check with `occ eval`). A verifier accepts when its score reaches its threshold, which "
-    "obeys two rules chosen at enrollment: at most --far of held-out non-target images accepted (false accepts), and at most --tpr of held-out "
-    "target images accepted (so the threshold stays strict for images unlike any seen); the stricter wins."
+    "obeys two rules chosen at enrollment: at most --far of held-out non-target images accepted (false "
+    "accepts), and at most --tpr of held-out target images accepted (so the threshold stays strict for "
+    "images unlike any seen); the stricter wins."
 )
 # Every command group shares these: -h as well as --help; plain help text (no <bool> type column).
 TYPER_SETTINGS = dict(context_settings={"help_option_names": ["-h", "--help"]}, rich_markup_mode=None,

@@ -36,11 +36,11 @@ def enroll(
                                        "seen. The stricter rule wins.")] = 0.90,
     seed: Annotated[int, typer.Option("--seed", help="Random seed (same images + seed = same verifier).")] = 0,
     replace: Annotated[bool, typer.Option("--replace", help="Replace an existing source of that name.")] = False,
-    method: Annotated[str | None, typer.Option("--method", help="'lda' (default: a shared-covariance discriminant "
-                                               "on the CLS tokens of blocks 4-10, decided jointly with every other enrolled lda "
-                                        "source), 'prompt' (OCC-CLIP prompt tokens) or 'probe' (USIA: logistic "
-                                        "probe on one block's CLS token). lda and probe are fitted in closed form: "
-                                        "--loss, --sam, --adversarial and --steps do not apply.")]
+    method: Annotated[str | None, typer.Option(
+        "--method", help="'lda' (default: a shared-covariance discriminant on the CLS tokens of blocks 4-10, "
+        "decided jointly with every other enrolled lda source), 'prompt' (OCC-CLIP prompt tokens) or 'probe' "
+        "(USIA: logistic probe on one block's CLS token). lda and probe are fitted in closed form: --loss, "
+        "--sam, --adversarial and --steps do not apply.")]
     = None,
     views: Annotated[int | None, typer.Option("--views", help="lda: laundered copies (re-encoded, resized, blurred, "
                                               "cropped) of each training image added to the training set "

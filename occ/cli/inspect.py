@@ -10,9 +10,8 @@ from typing import Annotated
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
-from occ.cli.common import JsonOpt, handle_errors, markup_path, out, report_file_error
+from occ.cli.common import InputErrors, handle_errors, json_option, markup_path, out, print_table
 from occ.errors import ImageError, UsageError
 
 TrustListOpt = Annotated[
@@ -66,7 +65,7 @@ def print_disagreements(rows: Sequence[tuple[str, dict]]) -> None:
 @handle_errors
 def inspect_cmd(
     paths: Annotated[list[Path], typer.Argument(help="Image files or folders.")],
-    as_json: JsonOpt = False,
+    as_json: Annotated[bool, json_option("one JSON object per image (or per unreadable file)")] = False,
     trust_list: TrustListOpt = None,
 ) -> None:
     """Show the provenance evidence in image files' metadata, with how far each piece can be trusted.
@@ -79,24 +78,21 @@ def inspect_cmd(
     from occ.images import iter_paths
 
     reader = inspector(trust_list)
-    failures = 0
-    table = Table(title="provenance evidence")
-    for col in ("image", "level", "evidence"):
-        table.add_column(col, overflow="fold")
+    failures = InputErrors(as_json)
+    rows = []
     for item in iter_paths(paths):
         try:
             if isinstance(item, ImageError):
                 raise item
             found = reader.inspect(item)
         except ImageError as exc:
-            failures += 1
-            report_file_error(exc, as_json)
+            failures(exc)
             continue
         if as_json:
             print(json.dumps({"path": found.path, "provenance": found.to_dict()}), flush=True)
         else:
             lines = "\n".join(escape(e.describe()) for e in found.items) or "[dim]no provenance metadata[/dim]"
-            table.add_row(markup_path(found.path), found.level, lines)
-    if not as_json and table.rows:
-        out.print(table)
-    raise typer.Exit(1 if failures else 0)
+            rows.append((markup_path(found.path), found.level, lines))
+    if rows:
+        print_table("provenance evidence", ("image", "level", "evidence"), rows)
+    raise typer.Exit(1 if failures.count else 0)
