@@ -24,6 +24,7 @@ from occ.backbones.base import Backbone, Trunk
 from occ.errors import ImageError, OccError, UsageError
 from occ.features import FeatureExtractor, Features
 from occ.negatives import bank_paths
+from occ.openset import BANK_KEY
 from occ.registry import Registry, SourceRecord
 from occ.verifier import Verifier, enrolled_on
 
@@ -125,7 +126,7 @@ def enroll(
             progress("default negatives", 0, 1)
         bank = _dedupe(extractor.load(bank_paths(), blocks), pos_shas)
         neg_parts.append(bank)
-        counts["default bank"] = len(bank)
+        counts[BANK_KEY] = len(bank)
     if negatives:
         user = _dedupe(extractor.load(negatives, blocks, bad), pos_shas)
         neg_parts.append(user)

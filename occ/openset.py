@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from occ.backbones.base import Backbone
-from occ.errors import OccError, RegistryError, first_line
+from occ.errors import OccError, RegistryError, UsageError, first_line
 from occ.evidence import DEFAULT_VIEWS, default_blocks, evidence, training_views
 from occ.joint import DEFAULT_DIMS, ClassRows, JointModel
 from occ.verifier import EVIDENCE_PREFIX
@@ -37,6 +37,7 @@ JOINT_FILE = "joint.safetensors"
 JOINT_FORMAT = "occ-joint-v1"
 EVIDENCE_KEYS = tuple(EVIDENCE_PREFIX + k for k in ("cls", "ids", "neg_cls", "neg_ids"))
 BANK_SEED = 0
+BANK_KEY = "default bank"  # the key enrollment records in a source's "negatives" when it used the bank
 _BANK_ROWS: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
 
 Progress = Callable[[str, int, int], None]
@@ -111,15 +112,17 @@ def _fit(sources: dict, backbone: Backbone, extractor, settings: JointSettings,
     from occ.negatives import bank_paths
 
     blocks = list(settings.blocks)
-    if progress:
-        progress("default negatives", 0, 1)
-    key = (backbone.fingerprint, settings.bank_views, tuple(map(str, bank_paths())))
-    if key not in _BANK_ROWS:  # the same for every refit in a process (a service refits often)
-        _BANK_ROWS.clear()
-        _BANK_ROWS[key] = view_rows(extractor, bank_paths(), settings.bank_views, BANK_SEED)
-    bank_cls, bank_ids = _BANK_ROWS[key]
-    neg_x, neg_ids = [evidence(bank_cls, blocks)], [bank_ids]
-    offset = int(bank_ids.max()) + 1 if len(bank_ids) else 0
+    neg_x, neg_ids, offset = [], [], 0
+    # the bank is in the non-target class unless every source was enrolled without it
+    if any(BANK_KEY in (meta.get("negatives") or {}) for _, _, meta in sources.values()):
+        if progress:
+            progress("default negatives", 0, 1)
+        key = (backbone.fingerprint, settings.bank_views, tuple(map(str, bank_paths())))
+        if key not in _BANK_ROWS:  # the same for every refit in a process (a service refits often)
+            _BANK_ROWS.clear()
+            _BANK_ROWS[key] = view_rows(extractor, bank_paths(), settings.bank_views, BANK_SEED)
+        bank_cls, bank_ids = _BANK_ROWS[key]
+        neg_x, neg_ids, offset = [evidence(bank_cls, blocks)], [bank_ids], int(bank_ids.max()) + 1
     classes = {}
     for name, (_, tensors, _meta) in sorted(sources.items()):
         cls, ids, n_cls, n_ids = (tensors[k] for k in EVIDENCE_KEYS)
@@ -132,8 +135,14 @@ def _fit(sources: dict, backbone: Backbone, extractor, settings: JointSettings,
         progress("joint model", 0, 1)
     far = {n: m["calibration"]["far"] for n, (_, _, m) in sources.items()}
     tpr = {n: m["calibration"]["target_tpr"] for n, (_, _, m) in sources.items()}
-    model = JointModel(settings.dims, seed=settings.seed).fit(
-        classes, ClassRows(np.concatenate(neg_x), np.concatenate(neg_ids)), far=far, target_tpr=tpr)
+    if not neg_x:
+        raise UsageError("the joint model has no non-target images: every lda source was enrolled without "
+                         "the default bank and without --negatives")
+    try:
+        model = JointModel(settings.dims, seed=settings.seed).fit(
+            classes, ClassRows(np.concatenate(neg_x), np.concatenate(neg_ids)), far=far, target_tpr=tpr)
+    except ValueError as exc:
+        raise RegistryError(f"cannot fit the joint model of the registry: {first_line(exc)}") from None
     model.settings_ = settings
     if progress:
         progress("joint model", 1, 1)
@@ -218,10 +227,7 @@ def joint_for(registry, backbone: Backbone, *, extractor=None, settings: JointSe
         model = stored[0]
         model.settings_ = settings
         return model, False
-    try:
-        return _fit(sources, backbone, extractor or FeatureExtractor(backbone), settings, progress), stored is not None
-    except ValueError as exc:
-        raise RegistryError(f"cannot fit the joint model of registry {registry.root}: {first_line(exc)}") from None
+    return _fit(sources, backbone, extractor or FeatureExtractor(backbone), settings, progress), stored is not None
 
 
 def rethreshold(registry, name: str, far: float | None, target_tpr: float | None, old_version: str) -> bool:

@@ -48,28 +48,42 @@ def default(w, tmp_path_factory) -> tuple[clikit.Run, dict]:
 
 def test_defaults_on_a_tower_with_text(default) -> None:
     run, meta = default
-    assert meta["kind"] == "text" and meta["template"]["name"] == "occ-clip"
-    s = meta["settings"]
-    assert (s["loss"], s["sam"], s["adversarial"], s["steps"], s["seed"]) == ("ce", False, "none", 5, 0)
+    assert meta["kind"] == "lda" and meta["template"] is None and meta["views"] == 1
+    assert meta["settings"]["seed"] == 0
     assert (meta["calibration"]["far"], meta["calibration"]["target_tpr"]) == (0.05, 0.9)
     assert "default bank" in meta["negatives"]
+    line = summary_line(run, "verifier")
+    assert "shared-covariance discriminant" in line and "steps" not in line
+    assert "1 laundered copy each" in summary_line(run, "training views")
+
+
+def test_prompt_defaults_on_a_tower_with_text(w, tmp_path) -> None:
+    run = enroll(w, tmp_path / "reg", *clikit.PROMPT)
+    assert run.code == 0, run
+    meta = stored(tmp_path / "reg")
+    assert meta["kind"] == "text" and meta["template"]["name"] == "occ-clip" and meta["views"] == 0
+    s = meta["settings"]
+    assert (s["loss"], s["sam"], s["adversarial"], s["steps"], s["seed"]) == ("ce", False, "none", 5, 0)
     line = summary_line(run, "verifier")
     assert "text prompts" in line and "loss ce," in line and "SAM" not in line and "5 steps" in line
 
 
 @pytest.mark.parametrize(("option", "check", "summary"), [
-    # (the suite's --steps 5 is put back to the default: the probe is fitted in closed form)
-    (["--method", "probe", "--steps", "60"], lambda m: m["kind"] == "probe" and m["template"] is None,
+    (["--method", "probe"], lambda m: m["kind"] == "probe" and m["template"] is None,
      "logistic probe on the CLS token of block"),
-    (["--loss", "cvar-auc"], lambda m: m["settings"]["loss"] == "cvar-auc", "loss cvar-auc"),
-    (["--sam"], lambda m: m["settings"]["sam"] is True, "+ SAM"),
-    (["--kind", "visual"], lambda m: m["kind"] == "visual" and m["template"]["name"] == "visual-mid-attn",
-     "visual prompts"),
-    (["--template", "occ-clip-words"], lambda m: m["template"]["name"] == "occ-clip-words", "occ-clip-words"),
-    (["--template", "visual-mid"], lambda m: m["kind"] == "visual" and m["template"]["name"] == "visual-mid",
-     "template visual-mid,"),
-    (["--adversarial", "feature"], lambda m: m["settings"]["adversarial"] == "feature", "adversarial feature"),
-    (["--steps", "7"], lambda m: m["settings"]["steps"] == 7, "7 steps"),
+    ([*clikit.PROMPT], lambda m: m["kind"] == "text", "text prompts"),
+    ([*clikit.PROMPT, "--loss", "cvar-auc"], lambda m: m["settings"]["loss"] == "cvar-auc", "loss cvar-auc"),
+    ([*clikit.PROMPT, "--sam"], lambda m: m["settings"]["sam"] is True, "+ SAM"),
+    ([*clikit.PROMPT, "--kind", "visual"],
+     lambda m: m["kind"] == "visual" and m["template"]["name"] == "visual-mid-attn", "visual prompts"),
+    ([*clikit.PROMPT, "--template", "occ-clip-words"], lambda m: m["template"]["name"] == "occ-clip-words",
+     "occ-clip-words"),
+    ([*clikit.PROMPT, "--template", "visual-mid"],
+     lambda m: m["kind"] == "visual" and m["template"]["name"] == "visual-mid", "template visual-mid,"),
+    ([*clikit.PROMPT, "--adversarial", "feature"], lambda m: m["settings"]["adversarial"] == "feature",
+     "adversarial feature"),
+    (["--method", "prompt", "--steps", "7"], lambda m: m["settings"]["steps"] == 7, "7 steps"),
+    (["--views", "2"], lambda m: m["views"] == 2, "2 laundered copies each"),
     (["--seed", "3"], lambda m: m["settings"]["seed"] == 3, "seed 3"),
     (["--far", "0.2"], lambda m: m["calibration"]["far"] == 0.2, "FAR <= 0.2,"),
     (["--tpr", "0.5"], lambda m: m["calibration"]["target_tpr"] == 0.5, "TPR <= 0.5"),
@@ -96,7 +110,7 @@ def test_template_from_a_json_file_is_stored_whole_and_reloads(w, tmp_path) -> N
     path.parent.mkdir()
     path.write_text(json.dumps(custom))
     reg = tmp_path / "reg"
-    assert enroll(w, reg, "--template", path).code == 0
+    assert enroll(w, reg, *clikit.PROMPT, "--template", path).code == 0
     path.unlink()  # the source must not need the file any more
     meta = stored(reg)
     assert meta["kind"] == "visual" and meta["template"]["n_tokens"] == 3
@@ -106,8 +120,11 @@ def test_template_from_a_json_file_is_stored_whole_and_reloads(w, tmp_path) -> N
 
 
 @pytest.mark.parametrize("option", [
-    ["--method", "foo"], ["--loss", "foo"], ["--kind", "foo"], ["--kind", "probe"], ["--adversarial", "foo"],
-    ["--template", "no-such-template"], ["--kind", "visual", "--template", "occ-clip"],
+    ["--method", "foo"], [*clikit.PROMPT, "--loss", "foo"], [*clikit.PROMPT, "--kind", "foo"],
+    [*clikit.PROMPT, "--kind", "probe"], [*clikit.PROMPT, "--adversarial", "foo"],
+    [*clikit.PROMPT, "--template", "no-such-template"], [*clikit.PROMPT, "--kind", "visual", "--template", "occ-clip"],
+    # lda is fitted in closed form and is the only kind with laundered views
+    ["--steps", "5"], ["--loss", "cvar-auc"], ["--method", "probe", "--views", "1"], ["--views", "-1"],
     # the probe with the default --steps: only the option under test is wrong
     ["--method", "probe", "--steps", "60", "--loss", "cvar-auc"], ["--method", "probe", "--steps", "60", "--sam"],
     ["--method", "probe", "--steps", "60", "--kind", "text"], ["--method", "probe", "--steps", "60", "--adversarial",
