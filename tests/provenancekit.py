@@ -11,8 +11,9 @@ import struct
 import zlib
 from dataclasses import dataclass
 
-from imagegen import PNG_SIGNATURE, encode, pattern_image, png_chunk
 from PIL import Image
+
+from occ.testing.imagegen import PNG_SIGNATURE, encode, pattern_image, png_chunk
 
 IPTC_DST = "http://cv.iptc.org/newscodes/digitalsourcetype/"
 

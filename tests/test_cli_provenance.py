@@ -8,8 +8,9 @@ from pathlib import Path
 import clikit
 import pytest
 from clikit import check_attribute_row, check_error_row, check_verify_row, invoke
-from imagegen import encode, pattern_image
 from provenancekit import A1111_PARAMETERS, c2pa_sign, created_manifest, make_chain, png_with, text_chunk, xmp_packet
+
+from occ.testing.imagegen import encode, pattern_image
 
 PROVENANCE_KEYS = {"level", "items", "disagreement"}
 

@@ -69,17 +69,23 @@ def test_config_from_options_maps_each_option_to_one_field(tiny_backbone, tiny_v
     assert (config.far, config.target_tpr) == (0.1, 0.8)
     assert VerifierConfig.from_options(method="prompt", backbone=tiny_vision_backbone).kind == "visual"
     assert VerifierConfig.from_options(backbone=tiny_vision_backbone).kind == "lda"  # the default method
-    assert VerifierConfig.from_options(template="visual-late", backbone=tiny_backbone).kind == "visual"
+    assert VerifierConfig.from_options(method="prompt", template="visual-late", backbone=tiny_backbone).kind == "visual"
     assert VerifierConfig.from_options(method="probe").kind == "probe"
     called = []
-    VerifierConfig.from_options(kind="visual", backbone=lambda: called.append(1))
+    VerifierConfig.from_options(method="prompt", kind="visual", backbone=lambda: called.append(1))
     assert called == []  # the backbone is only loaded when the default kind depends on it
 
 
-@pytest.mark.parametrize("options", [{"method": "lora"}, {"kind": "probe"}, {"kind": "visual", "loss": "hinge"},
-                                     {"kind": "visual", "adversarial": "both"}, {"kind": "visual", "bogus": 1},
-                                     {"method": "probe", "sam": True}, {"method": "probe", "template": "occ-clip"},
-                                     {"kind": "text", "template": "visual-mid"}, {"kind": "visual", "far": 0.0}])
+P = {"method": "prompt"}
+
+
+@pytest.mark.parametrize("options", [
+    {"method": "lora"}, {**P, "kind": "probe"}, {**P, "kind": "visual", "loss": "hinge"},
+    {**P, "kind": "visual", "adversarial": "both"}, {**P, "kind": "visual", "bogus": 1},
+    {"method": "probe", "sam": True}, {"method": "probe", "template": "occ-clip"},
+    {**P, "kind": "text", "template": "visual-mid"}, {**P, "kind": "visual", "far": 0.0},
+    # the default method (lda) takes no template, prompt kind or training steps; views only for lda
+    {"template": "visual-late"}, {"kind": "visual"}, {"steps": 5}, {"views": -1}, {"method": "probe", "views": 1}])
 def test_config_refuses_what_it_cannot_apply(options) -> None:
     with pytest.raises(UsageError):
         VerifierConfig.from_options(**options)

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import c2pa  # noqa: F401  (the 'provenance' extra: these tests must run, never be skipped)
 import pytest
-from imagegen import encode, pattern_image, png_chunk
 from provenancekit import (
     A1111_PARAMETERS,
     c2pa_sign,
@@ -34,6 +33,7 @@ from provenancekit import (
 
 from occ import provenance as pv
 from occ.errors import ImageError, UsageError
+from occ.testing.imagegen import encode, pattern_image, png_chunk
 
 
 @pytest.fixture(scope="module")
