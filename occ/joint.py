@@ -85,17 +85,38 @@ class Geometry:
         return (y * y).sum(1, keepdims=True) - 2 * y @ cs.T + (cs * cs).sum(1)
 
 
+GRAM_ROWS = 2000  # up to this many training rows, principal directions come exactly from the Gram matrix
+
+
+def _principal_directions(xc: np.ndarray, d: int, seed: int) -> np.ndarray:
+    """(d, D) top principal directions of the centred rows ``xc``, with a fixed sign: exactly, from the
+    eigenvectors of the Gram matrix, for registries of up to ``GRAM_ROWS`` training rows (evidence vectors
+    have thousands of dimensions), else by a randomized SVD."""
+    if xc.shape[0] > GRAM_ROWS:
+        from sklearn.utils.extmath import randomized_svd
+
+        vt = randomized_svd(xc, d, random_state=seed)[2]
+    elif xc.shape[0] <= xc.shape[1]:
+        w, u = np.linalg.eigh(xc @ xc.T)
+        top = np.argsort(w)[::-1][:d]
+        vt = (u[:, top] / np.sqrt(np.maximum(w[top], 1e-12))).T @ xc
+    else:
+        w, v = np.linalg.eigh(xc.T @ xc)
+        vt = v[:, np.argsort(w)[::-1][:d]].T
+    signs = np.sign(vt[np.arange(len(vt)), np.abs(vt).argmax(1)])
+    return vt * signs[:, None]
+
+
 def fit_geometry(classes: Sequence[ClassRows], dims: int, seed: int) -> Geometry:
     """Centring, projection, whitening and class centres of ``classes`` (the last is the non-target class)."""
     from sklearn.covariance import ledoit_wolf
-    from sklearn.utils.extmath import randomized_svd
 
     x = np.concatenate([c.features for c in classes]).astype(np.float64)
     y = np.concatenate([np.full(len(c), k) for k, c in enumerate(classes)])
     mean = x.mean(0)
     xc = x - mean
     d = int(max(1, min(dims, xc.shape[0] - 1, xc.shape[1])))
-    _, _, vt = randomized_svd(xc, d, random_state=seed)
+    vt = _principal_directions(xc, d, seed)
     z = xc @ vt.T
     centres = np.stack([z[y == k].mean(0) for k in range(len(classes))])
     cov, _ = ledoit_wolf(z - centres[y], assume_centered=True)
