@@ -33,7 +33,7 @@ from occ.evidence import DEFAULT_VIEWS, default_blocks, evidence, training_views
 from occ.joint import DEFAULT_DIMS, ClassRows, JointModel
 from occ.verifier import EVIDENCE_PREFIX
 
-JOINT_FILE = "joint.safetensors"
+JOINT_PREFIX = "joint-"  # <registry>/joint-<backbone key>.safetensors: one model per backbone
 JOINT_FORMAT = "occ-joint-v1"
 EVIDENCE_KEYS = tuple(EVIDENCE_PREFIX + k for k in ("cls", "ids", "neg_cls", "neg_ids"))
 BANK_SEED = 0
@@ -149,8 +149,11 @@ def _fit(sources: dict, backbone: Backbone, extractor, settings: JointSettings,
     return model
 
 
-def _path(registry) -> os.PathLike:
-    return registry.root / JOINT_FILE
+def joint_path(registry, fingerprint: str):
+    """Where the joint model of the sources enrolled on the backbone ``fingerprint`` is stored."""
+    import hashlib
+
+    return registry.root / f"{JOINT_PREFIX}{hashlib.sha256(fingerprint.encode()).hexdigest()[:16]}.safetensors"
 
 
 def _manifest(sources: dict, backbone: Backbone, settings: JointSettings) -> dict:
@@ -159,30 +162,38 @@ def _manifest(sources: dict, backbone: Backbone, settings: JointSettings) -> dic
 
 
 def refit(registry, backbone: Backbone, *, extractor=None, settings: JointSettings | None = None,
-          progress: Progress | None = None) -> JointModel | None:
-    """Fit the joint model over every ``lda`` source of ``registry`` and store it (atomically). With no
-    such source, a stored model is removed. Returns the model (None when there is no source)."""
+          progress: Progress | None = None, on_skip=None) -> JointModel | None:
+    """Fit the joint model over every readable ``lda`` source of ``registry`` and store it (atomically);
+    a source that cannot be read is passed to ``on_skip`` and left out. With no such source, a stored
+    model is removed. Returns the model (None when there is no source)."""
     from occ.features import FeatureExtractor
 
     settings = (settings or JointSettings()).resolved(backbone)
-    sources = _joint_sources(registry, backbone)
+    sources = _joint_sources(registry, backbone, on_skip=on_skip or (lambda _name, _exc: None))
     if not sources:
-        discard(registry)
+        discard(registry, backbone.fingerprint)
         return None
     model = _fit(sources, backbone, extractor or FeatureExtractor(backbone), settings, progress)
     _write(registry, model, _manifest(sources, backbone, settings))
     return model
 
 
-def discard(registry) -> None:
-    """Remove the stored joint model (when no lda source is left)."""
-    try:
-        os.unlink(_path(registry))
-    except FileNotFoundError:
-        pass
+def discard(registry, fingerprint: str | None = None) -> None:
+    """Remove the stored joint model of backbone ``fingerprint`` (all of them when None): when no lda
+    source of that backbone is left."""
+    if fingerprint:
+        paths = [joint_path(registry, fingerprint)]
+    else:
+        paths = list(registry.root.glob(f"{JOINT_PREFIX}*.safetensors"))
+    for path in paths:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
 
 
 def _write(registry, model: JointModel, manifest: dict) -> None:
+    path = joint_path(registry, manifest["backbone"])
     """Store ``model`` with the ``manifest`` of what it was fitted on, atomically (one file replaced)."""
     from safetensors.numpy import save as st_save
 
@@ -193,13 +204,13 @@ def _write(registry, model: JointModel, manifest: dict) -> None:
     data = st_save({k: np.ascontiguousarray(v) for k, v in tensors.items()},
                    metadata={"occ": json.dumps(meta, allow_nan=False)})
     _fault_point("joint-write")
-    atomic_write(_path(registry), data, f".{JOINT_FILE}.{secrets.token_hex(8)}.tmp")
+    atomic_write(path, data, f".{path.name}.{secrets.token_hex(8)}.tmp")
 
 
-def _stored(registry) -> tuple[JointModel, dict] | None:
+def _stored(registry, fingerprint: str) -> tuple[JointModel, dict] | None:
     from safetensors import safe_open
 
-    path = _path(registry)
+    path = joint_path(registry, fingerprint)
     if not os.path.isfile(path):
         return None
     try:
@@ -218,16 +229,28 @@ def joint_for(registry, backbone: Backbone, *, extractor=None, settings: JointSe
     ``stale`` is True when the stored model did not match (``occ refit`` stores a fresh one)."""
     from occ.features import FeatureExtractor
 
-    sources = _joint_sources(registry, backbone, on_skip=on_skip)
+    skipped = []
+
+    def skip(name, exc):
+        skipped.append(name)
+        if on_skip is not None:
+            on_skip(name, exc)
+
+    sources = _joint_sources(registry, backbone, on_skip=skip)
     if not sources:
         return None, False
-    stored = _stored(registry)
+    stored = _stored(registry, backbone.fingerprint)
     settings = (settings or (JointSettings(**stored[1]["settings"]) if stored else JointSettings())).resolved(backbone)
     if stored and stored[1] == _manifest(sources, backbone, settings):
         model = stored[0]
         model.settings_ = settings
         return model, False
-    return _fit(sources, backbone, extractor or FeatureExtractor(backbone), settings, progress), stored is not None
+    model = _fit(sources, backbone, extractor or FeatureExtractor(backbone), settings, progress)
+    # stale: the stored model was fitted on other versions than the readable sources have (sources that
+    # cannot be read are reported as such, and explain a difference by themselves)
+    stale = stored is not None and {n: v for n, v in stored[1]["sources"].items() if n not in skipped} != \
+        _manifest(sources, backbone, settings)["sources"]
+    return model, stale
 
 
 def rethreshold(registry, name: str, far: float | None, target_tpr: float | None, old_version: str) -> bool:
@@ -235,7 +258,9 @@ def rethreshold(registry, name: str, far: float | None, target_tpr: float | None
     re-choose its threshold in the stored joint model from that model's held-out scores, and record the
     source's new version, without refitting (no backbone needed). Returns False when there is no stored
     model that matched the registry before the change (the next use refits)."""
-    stored = _stored(registry)
+    from occ.verifier import enrolled_on
+
+    stored = _stored(registry, enrolled_on(registry.info(name).meta) or "")
     if stored is None or stored[1]["sources"].get(name) != old_version:
         return False
     model, manifest = stored
@@ -249,13 +274,15 @@ def _fault_point(step: str) -> None:
     """Marks a step of a write; a no-op that crash tests replace to stop a writer there."""
 
 
-def joint_source_names(registry) -> list[str]:
-    """The registry's readable ``lda`` sources (from their ``verifier.json`` alone: no tensors, no backbone)."""
-    names = []
+def joint_backbones(registry) -> dict[str | None, list[str]]:
+    """The registry's readable ``lda`` sources by the backbone spec they were enrolled on (read from
+    their ``verifier.json`` alone: no tensors, no backbone loaded)."""
+    out: dict[str | None, list[str]] = {}
     for name in registry.names():
         try:
-            if registry.info(name).meta.get("kind") == "lda":
-                names.append(name)
+            meta = registry.info(name).meta
         except OccError:
             continue
-    return names
+        if meta.get("kind") == "lda":
+            out.setdefault((meta.get("backbone") or {}).get("spec"), []).append(name)
+    return out

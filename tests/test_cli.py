@@ -242,7 +242,7 @@ def test_sources_list_show_set_threshold_remove(w, tmp_path) -> None:
     shown = invoke("sources", "show", "a", "--registry", reg)
     assert shown.code == 0, shown
     info = json.loads(shown.stdout)
-    assert info["name"] == "a" and info["kind"] == "text"
+    assert info["name"] == "a" and info["kind"] == "lda"
     assert info["calibration"]["far"] == 0.05
     assert len(info["training_images_sha256"]) == 8
 
@@ -277,17 +277,19 @@ def test_export_import_round_trip_gives_identical_scores(w, tmp_path) -> None:
     one_error_line(again, "already exists", "--replace")
     assert invoke("export", "a", archive, "--replace", "--registry", w.reg_a).code == 0
 
-    dest = tmp_path / "elsewhere"
+    dest, renamed = tmp_path / "elsewhere", tmp_path / "renamed"
     assert invoke("import", archive, "--registry", dest).code == 0
-    run = invoke("import", archive, "--as", "a-copy", "--registry", dest)
-    assert run.code == 0 and run.err_lines == ["imported 'a-copy'"], run
+    run = invoke("import", archive, "--as", "a-copy", "--registry", renamed)
+    assert run.code == 0 and run.err_lines[0] == "imported 'a-copy'", run
+    assert run.err_lines[1].startswith("joint model refitted over 1 source(s) (a-copy)"), run
     assert invoke("import", archive, "--registry", dest).code == 2  # exists, no --replace
     assert invoke("import", archive, "--as", "../x", "--registry", dest).code == 2
 
+    # (each alone in its registry: an lda source's scores come from the joint model of its registry)
     inputs = [w.a_test, w.b_test]
     original = invoke("verify", *inputs, "--source", "a", "--registry", w.reg_a, "--json")
     imported = invoke("verify", *inputs, "--source", "a", "--registry", dest, "--json")
-    copy = invoke("verify", *inputs, "--source", "a-copy", "--registry", dest, "--json")
+    copy = invoke("verify", *inputs, "--source", "a-copy", "--registry", renamed, "--json")
     assert original.code == imported.code == copy.code == 0
     assert imported.stdout == original.stdout
     assert [r["score"] for r in copy.json()] == [r["score"] for r in original.json()]

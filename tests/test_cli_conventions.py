@@ -45,12 +45,12 @@ def test_help_describes_both_threshold_rules_and_what_json_prints() -> None:
 
 
 def test_piped_tables_keep_long_source_names_whole(w, tmp_path) -> None:
-    reg = clikit.copy_registry(w.reg_ab, tmp_path / "reg")
+    reg = clikit.copy_registry(w.reg_a, tmp_path / "reg")
     long = "a-source-with-a-rather-long-name-that-would-not-fit-" + "x" * 12
-    exported = tmp_path / "a.occ.zip"
-    assert invoke("export", "a", exported, "--registry", reg).code == 0
+    exported = tmp_path / "b.occ.zip"
+    assert invoke("export", "b", exported, "--registry", w.reg_ab).code == 0
     assert invoke("import", exported, "--as", long, "--registry", reg).code == 0
-    for run in (invoke("sources", "--registry", reg), invoke("attribute", w.a_test, "--registry", reg)):
+    for run in (invoke("sources", "--registry", reg), invoke("attribute", w.b_test, "--registry", reg)):
         assert run.code == 0, run
         assert any(long in line for line in run.stdout.splitlines()), run.stdout  # whole, on one line
         assert "…" not in run.stdout

@@ -18,7 +18,7 @@ from PIL import Image
 from occ.attribution import Attributor
 from occ.config import VerifierConfig
 from occ.enrollment import enroll
-from occ.openset import JOINT_FILE, joint_for, refit
+from occ.openset import joint_for, joint_path, refit
 from occ.registry import Registry
 from occ.sources import set_threshold
 from occ.testing.tiny_clip import gradient_image, noise_image
@@ -57,7 +57,7 @@ def images(tmp_path_factory):
 def _enroll_all(root: Path, order, images, backbone, views=1):
     reg = Registry(root)
     for name in order:
-        enroll(reg, name, [images[name][0]], backbone=backbone,
+        enroll(reg, name, [images[name][0]], backbone=backbone, backbone_spec=backbone.location,
                verifier=Verifier(VerifierConfig(kind="lda", views=views, settings=TrainSettings(seed=0))))
     return reg
 
@@ -96,7 +96,7 @@ def test_interrupted_refit_leaves_every_source_usable(tmp_path, images, tiny_vis
     import occ.openset as openset
 
     reg = _enroll_all(tmp_path / "r", ["noise"], images, tiny_vision_backbone)
-    before = (reg.root / JOINT_FILE).read_bytes()
+    before = joint_path(reg, tiny_vision_backbone.fingerprint).read_bytes()
 
     def crash(step):
         raise KeyboardInterrupt(f"killed at {step}")
@@ -104,9 +104,9 @@ def test_interrupted_refit_leaves_every_source_usable(tmp_path, images, tiny_vis
     monkeypatch.setattr(openset, "_fault_point", crash)
     with pytest.raises(KeyboardInterrupt):
         enroll(reg, "grad", [images["grad"][0]], backbone=tiny_vision_backbone,
-               verifier=Verifier(VerifierConfig(kind="lda", settings=TrainSettings(seed=0))))
+               backbone_spec=tiny_vision_backbone.location, verifier=Verifier(VerifierConfig(kind="lda", settings=TrainSettings(seed=0))))
     monkeypatch.undo()
-    assert (reg.root / JOINT_FILE).read_bytes() == before  # the old model, whole
+    assert joint_path(reg, tiny_vision_backbone.fingerprint).read_bytes() == before  # the old model, whole
     assert reg.names() == ["grad", "noise"]  # the source was stored before the refit began
     att, stale_run = _decisions(reg, tiny_vision_backbone, images)
     assert att.joint_stale and set(att.joint.names_) == {"grad", "noise"}  # never the half-updated model
@@ -132,9 +132,9 @@ main()
 
 def test_kill_9_during_refit(tmp_path, images, tiny_vision_dir, tiny_vision_backbone):
     reg = _enroll_all(tmp_path / "r", ["noise", "grad"], images, tiny_vision_backbone)
-    before = (reg.root / JOINT_FILE).read_bytes()
+    before = joint_path(reg, tiny_vision_backbone.fingerprint).read_bytes()
     set_threshold(reg, "grad", far=0.2)  # the stored model still matches (thresholds re-chosen in place)
-    assert (reg.root / JOINT_FILE).read_bytes() != before
+    assert joint_path(reg, tiny_vision_backbone.fingerprint).read_bytes() != before
     assert not joint_for(reg, tiny_vision_backbone)[1]
     argv = occ_argv("refit", "--registry", reg.root, "--backbone", tiny_vision_dir)[1:]
     child = subprocess.Popen([sys.executable, "-c", KILL_CHILD, *argv[2:]], env=subprocess_env(),
@@ -150,7 +150,8 @@ def test_kill_9_during_refit(tmp_path, images, tiny_vision_dir, tiny_vision_back
         os.kill(child.pid, signal.SIGKILL)
     finally:
         child.wait(30)
-    assert (reg.root / JOINT_FILE).read_bytes() != before  # the threshold change is still there
+    after = joint_path(reg, tiny_vision_backbone.fingerprint).read_bytes()
+    assert after != before  # the threshold change is still there
     run = invoke("attribute", images["noise"][1], "--registry", reg.root, "--backbone", tiny_vision_dir, "--json")
     assert run.code == 0, run
     assert "stored joint model does not match" not in run.stderr
@@ -207,17 +208,17 @@ def test_remove_refits_without_the_source(tmp_path, images, tiny_vision_dir, tin
     model, stale = joint_for(reg, tiny_vision_backbone)
     assert model.names_ == ["noise"] and not stale
     assert invoke("sources", "remove", "noise", "--yes", "--registry", reg.root).code == 0
-    assert not (reg.root / JOINT_FILE).exists()
+    assert not joint_path(reg, tiny_vision_backbone.fingerprint).exists()
 
 
 def test_refit_command_stores_a_matching_model(tmp_path, images, tiny_vision_dir, tiny_vision_backbone):
     reg = _enroll_all(tmp_path / "r", ["noise", "grad"], images, tiny_vision_backbone)
-    (reg.root / JOINT_FILE).unlink()
+    joint_path(reg, tiny_vision_backbone.fingerprint).unlink()
     assert joint_for(reg, tiny_vision_backbone)[1] is False  # nothing stored: fitted in memory, not "stale"
     run = invoke("refit", "--registry", reg.root, "--backbone", tiny_vision_dir)
     assert run.code == 0, run
     assert "refitted over 2 source(s) (grad, noise)" in run.stderr
-    assert (reg.root / JOINT_FILE).exists()
+    assert joint_path(reg, tiny_vision_backbone.fingerprint).exists()
 
 
 def test_verify_and_attribute_agree(tmp_path, images, tiny_vision_dir, tiny_vision_backbone):

@@ -77,7 +77,6 @@ def sources_remove(name: NameArg, yes: Annotated[bool, typer.Option("--yes", hel
     """Remove an enrolled source (asks first unless --yes); the joint model of the other lda sources is
     refitted without it."""
     from occ.cli.refit import refit_registry
-    from occ.sources import sources_backbone_spec
 
     reg = open_registry(registry)
     reg.info(name)
@@ -85,10 +84,9 @@ def sources_remove(name: NameArg, yes: Annotated[bool, typer.Option("--yes", hel
         if not sys.stdin.isatty():
             raise UsageError(f"refusing to remove '{name}' without --yes (no terminal to ask)")
         typer.confirm(f"remove source '{name}' from {display_path(reg.root)}?", abort=True)
-    spec = sources_backbone_spec(reg)  # before the source that names it is gone
     reg.remove(name)
     err.print(f"removed '{name}'", markup=False)
-    refit_registry(reg, spec)
+    refit_registry(reg, None)
 
 
 @sources_app.command("set-threshold")
