@@ -30,7 +30,7 @@ from occ.verifier import Verifier, enrolled_on
 
 Progress = Callable[[str, int, int], None]
 MIN_SHOTS = 5  # fewer target images than this: the enrollment summary warns
-MIN_HELDOUT = 20  # held-out figures resting on fewer target images are flagged as rough
+MIN_HELDOUT = 10  # held-out figures resting on fewer target images are flagged as rough
 
 
 @dataclass

@@ -286,3 +286,15 @@ def joint_backbones(registry) -> dict[str | None, list[str]]:
         if meta.get("kind") == "lda":
             out.setdefault((meta.get("backbone") or {}).get("spec"), []).append(name)
     return out
+
+
+def stored_calibration(registry, name: str):
+    """The calibration the joint model decides source ``name`` with, when the stored model of its backbone
+    matches the registry's current version of it; else None (no backbone needed)."""
+    from occ.verifier import enrolled_on
+
+    record = registry.info(name)
+    stored = _stored(registry, enrolled_on(record.meta) or "")
+    if stored is None or stored[1]["sources"].get(name) != record.path.name:
+        return None
+    return stored[0].calibrations_.get(name)

@@ -56,22 +56,36 @@ def sources_backbone_spec(registry, names: Sequence[str] | None = None) -> str |
     return specs.pop() if specs else None
 
 
-def listing(meta: dict) -> dict:
+def decision_calibration(registry, name: str, meta: dict) -> tuple[Calibration, str]:
+    """The calibration that decides source ``name`` and where it comes from: for an lda source the
+    registry's joint model (when stored and up to date), else the source's own fit."""
+    if meta.get("kind") == "lda":
+        from occ.openset import stored_calibration
+
+        cal = stored_calibration(registry, name)
+        if cal is not None:
+            return cal, "joint model"
+        return Calibration.from_dict(meta["calibration"]), "own fit (the joint model is not stored: occ refit)"
+    return Calibration.from_dict(meta["calibration"]), "own fit"
+
+
+def listing(registry, name: str, meta: dict) -> dict:
     """One row of ``occ sources``: kind, images, threshold and held-out rates, backbone, creation time."""
-    cal = Calibration.from_dict(meta["calibration"])
+    cal, _ = decision_calibration(registry, name, meta)
     return {"kind": meta.get("kind", "?"), "images": meta.get("n_target", "?"), "threshold": cal.calibrated_threshold,
             "heldout_tpr": cal.tpr, "heldout_far": cal.achieved_far,
             "backbone": (meta.get("backbone") or {}).get("spec") or "?", "created": meta.get("created", "?")}
 
 
-def details(meta: dict) -> dict:
-    """Everything stored about one source, the calibration summarised (``occ sources show``)."""
-    cal = Calibration.from_dict(meta["calibration"])
+def details(registry, name: str, meta: dict) -> dict:
+    """Everything stored about one source, the calibration that decides it summarised (``occ sources show``)."""
+    cal, origin = decision_calibration(registry, name, meta)
     summary = {k: v for k, v in meta.items() if k not in _NOT_SHOWN}
     summary["calibration"] = {"far": cal.far, "target_tpr": cal.target_tpr,
                               "threshold_calibrated": cal.calibrated_threshold, "threshold_raw": cal.threshold,
                               "heldout_tpr": cal.tpr, "heldout_far": cal.achieved_far, "heldout_auc": cal.auc,
-                              "heldout_target": len(cal.pos_scores), "heldout_nontarget": len(cal.neg_scores)}
+                              "heldout_target": len(cal.pos_scores), "heldout_nontarget": len(cal.neg_scores),
+                              "from": origin}
     summary["training_images_sha256"] = meta.get("training_images", [])
     return summary
 

@@ -104,7 +104,8 @@ def test_interrupted_refit_leaves_every_source_usable(tmp_path, images, tiny_vis
     monkeypatch.setattr(openset, "_fault_point", crash)
     with pytest.raises(KeyboardInterrupt):
         enroll(reg, "grad", [images["grad"][0]], backbone=tiny_vision_backbone,
-               backbone_spec=tiny_vision_backbone.location, verifier=Verifier(VerifierConfig(kind="lda", settings=TrainSettings(seed=0))))
+               backbone_spec=tiny_vision_backbone.location,
+               verifier=Verifier(VerifierConfig(kind="lda", settings=TrainSettings(seed=0))))
     monkeypatch.undo()
     assert joint_path(reg, tiny_vision_backbone.fingerprint).read_bytes() == before  # the old model, whole
     assert reg.names() == ["grad", "noise"]  # the source was stored before the refit began

@@ -86,16 +86,18 @@ def enroll(
                            on_error=lambda e: (errors.append(e), report_file_error(e, False)),
                            progress=on_progress)
     # Everything below is read back from the stored verifier, not from the options.
+    from occ.sources import decision_calibration
+
     stored = result.verifier
-    cal = stored.calibration_
+    cal, origin = decision_calibration(reg, name, reg.info(name).meta)
     rows = [
         ("target images used", str(result.n_target) + (f" ({len(errors)} unreadable)" if errors else "")),
         ("non-target images", ", ".join(f"{k}: {v}" for k, v in result.negatives.items())),
         ("verifier", stored.describe()),
-        ("threshold", f"{fmt(stored.threshold)} (calibrated score): held-out FAR <= {cal.far:g}, "
+        ("threshold", f"{fmt(cal.calibrated_threshold)} (score, {origin}): held-out FAR <= {cal.far:g}, "
                       f"TPR <= {cal.target_tpr:g}"),
         ("held-out (cross-validation)", f"TPR {fmt(cal.tpr)}, FAR {fmt(cal.achieved_far)}, AUC {fmt(cal.auc)} on "
-                                        f"{len(cal.pos_scores)} target / {len(cal.neg_scores)} non-target"),
+                                        f"{len(cal.pos_scores)} target / {len(cal.neg_scores)} non-target rows"),
         ("time", f"{result.seconds:.1f} s"),
         ("registry", markup_path(reg.root)),
     ]
@@ -105,22 +107,22 @@ def enroll(
                                           f"{'y' if stored.config.views == 1 else 'ies'} each); decided jointly with "
                                           "the registry's other lda sources"))
     print_table(f"enrolled '{name}'", ("field", "value"), rows, header=False)
-    for text in enrollment_warnings(result):
+    for text in enrollment_warnings(result, cal):
         warn(text)
     if errors:
         raise typer.Exit(1)
 
 
-def enrollment_warnings(result) -> list[str]:
-    """What a user must know about an enrollment before trusting it, read from what was fitted."""
+def enrollment_warnings(result, cal) -> list[str]:
+    """What a user must know about an enrollment before trusting it, read from what was fitted (``cal``:
+    the calibration that decides the source)."""
     from occ.enrollment import MIN_HELDOUT, MIN_SHOTS
 
     out = []
-    cal = result.verifier.calibration_
     if result.n_target < MIN_SHOTS:
         out.append(f"only {result.n_target} target images: below {MIN_SHOTS}, a verifier is unreliable; enroll more")
-    if len(cal.pos_scores) < MIN_HELDOUT:
-        out.append(f"the held-out figures rest on {len(cal.pos_scores)} target images: too few to mean much "
+    if result.n_target < MIN_HELDOUT:
+        out.append(f"the held-out figures rest on {result.n_target} target images: too few to mean much "
                    f"(the threshold's TPR and FAR are rough below {MIN_HELDOUT})")
     for other, n in result.overlaps.items():
         out.append(f"{n} of these training images are also training images of source '{other}'")

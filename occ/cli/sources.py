@@ -46,7 +46,7 @@ def sources(ctx: typer.Context, registry: RegistryOpt = None) -> None:
     rows, broken = [], []
     for name in names:
         try:
-            row = listing(reg.info(name).meta)
+            row = listing(reg, name, reg.info(name).meta)
         except OccError as exc:
             broken.append(exc)  # the reason goes to stderr on one line: a table cell would cut it up
             rows.append((name, "[red]unusable[/red]", "", "", "", "", "", ""))
@@ -67,7 +67,8 @@ def sources_show(name: NameArg, registry: RegistryOpt = None) -> None:
     """Everything stored about one source (settings, calibration, provenance), as JSON on stdout."""
     from occ.sources import details
 
-    out.print_json(json.dumps(details(open_registry(registry).info(name).meta)))
+    reg = open_registry(registry)
+    out.print_json(json.dumps(details(reg, name, reg.info(name).meta)))
 
 
 @sources_app.command("remove")
