@@ -142,7 +142,8 @@ def attribute_paths(inputs: Iterable, *, registry_root: str | os.PathLike, sourc
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True
     context.enable_progress_bars = False  # the CLI shows its own
-    blocks = max(1, min(math.ceil(len(rows) / batch_size), 1000))
+    # enough blocks for every worker to have work, batch-sized where there are plenty of images
+    blocks = min(len(rows), max(4 * workers, min(math.ceil(len(rows) / batch_size), 1000)))
     ds = ray.data.from_items(rows, override_num_blocks=blocks)
     result = attribute_dataset(ds, registry_root=registry_root, sources=sources, backbone=backbone,
                                workers=workers, threads=threads, device=device, batch_size=batch_size)

@@ -58,7 +58,8 @@ def test_verify_json_shape_and_nothing_else_on_stdout(w) -> None:
     assert [r["path"] for r in decisions] == [str(w.good(0))] + [str(p) for p in sorted(w.b_test.iterdir())]
     for row in decisions:
         check_verify_row(row, "a")
-    assert run.stderr == ""  # --json: errors go to stdout as objects, nothing else is printed
+    assert run.err_lines == []  # --json: errors go to stdout as objects, nothing else is printed
+    assert run.summary == "verify: 8 images, 7 scored, 1 failed in " + run.summary.split(" in ")[1]
 
 
 def test_attribute_json_shape(w) -> None:
@@ -72,7 +73,7 @@ def test_attribute_json_shape(w) -> None:
     for row in rows:
         if "error" not in row:
             check_attribute_row(row, ["a", "b"])
-    assert run.stderr == ""
+    assert run.err_lines == []
 
 
 def test_all_good_exits_0_and_tables_without_json(w) -> None:

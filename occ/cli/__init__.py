@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import typer
 
-from occ.cli import backbone, enroll, evaluate, score, share, sources
+from occ.cli import backbone, enroll, evaluate, score, serve, share, sources
 from occ.cli.common import SCORES_HELP
 
 app = typer.Typer(
@@ -29,6 +29,7 @@ app.add_typer(sources.sources_app, name="sources")
 app.command("export")(share.export_cmd)
 app.command("import")(share.import_cmd)
 app.command("backbone")(backbone.backbone_cmd)
+app.command("serve")(serve.serve)
 
 
 def main() -> None:

@@ -34,6 +34,18 @@ BackboneOpt = Annotated[
                  "folder. verify/attribute default to the backbone the sources were enrolled on."),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="One JSON object per image on stdout, nothing else.")]
+CsvOpt = Annotated[bool, typer.Option("--csv", help="CSV on stdout (a header, then one row per image, one "
+                                      "column per source score), nothing else.")]
+ThreadsOpt = Annotated[
+    int | None,
+    typer.Option("--threads", help="Threads for torch, onnxruntime and BLAS (default: $OCC_NUM_THREADS, else the "
+                 "cores not kept busy by other processes).", show_default=False),
+]
+DeviceOpt = Annotated[
+    str,
+    typer.Option("--device", help="Where the backbone's trunk pass runs: cpu or cuda (torch engine; the int8 "
+                 "engine needs onnxruntime's CUDA provider)."),
+]
 
 def one_line(text: str) -> str:
     return " ".join(str(text).split())
@@ -92,11 +104,16 @@ def progress_bar():
                     console=err, transient=True, disable=not err.is_terminal)
 
 
-def backbone_for(spec: str | None, registry=None, names=None):
-    """Load the backbone: the one named, else the one the registry's sources (or those of ``names``)
-    were enrolled on."""
-    from occ.backbones import load_backbone
+def apply_threads(threads: int | None) -> int:
+    """Apply the thread count (``--threads``, else ``OCC_NUM_THREADS``, else a free-core default)."""
+    from occ.threads import apply
 
+    return apply(threads)
+
+
+def backbone_spec_for(spec: str | None, registry=None, names=None) -> str | None:
+    """The backbone to load: the one named, else the one the registry's sources (or those of ``names``)
+    were enrolled on (None: the default)."""
     if spec is None and registry is not None:
         from occ.errors import RegistryError
 
@@ -117,8 +134,16 @@ def backbone_for(spec: str | None, registry=None, names=None):
             more = f" ({len(problems) - 1} more source(s) cannot be read either)" if len(problems) > 1 else ""
             raise RegistryError(f"{problems[0]}{more}")
         spec = specs.pop() if specs else None
+    return spec
+
+
+def backbone_for(spec: str | None, registry=None, names=None, device: str = "cpu"):
+    """Load the backbone of :func:`backbone_spec_for`, its trunk pass on ``device``."""
+    from occ.backbones import load_backbone
+
+    spec = backbone_spec_for(spec, registry, names)
     with err.status("loading backbone", spinner="dots") if err.is_terminal else null_context():
-        return load_backbone(spec, progress=lambda msg: err.print(msg, markup=False))
+        return load_backbone(spec, device=device, progress=lambda msg: err.print(msg, markup=False))
 
 
 class null_context:

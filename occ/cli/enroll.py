@@ -10,7 +10,10 @@ from rich.table import Table
 
 from occ.cli.common import (
     BackboneOpt,
+    DeviceOpt,
     RegistryOpt,
+    ThreadsOpt,
+    apply_threads,
     backbone_for,
     fmt,
     handle_errors,
@@ -53,6 +56,8 @@ def enroll(
                                           "photos as negatives.")] = False,
     registry: RegistryOpt = None,
     backbone: BackboneOpt = None,
+    threads: ThreadsOpt = None,
+    device: DeviceOpt = "cpu",
 ) -> None:
     """Learn a verifier for source NAME from example images and store it in the registry."""
     from occ.backbones import default_spec
@@ -73,7 +78,8 @@ def enroll(
     spec = backbone or default_spec()
     if Path(spec).expanduser().is_dir():
         spec = str(Path(spec).expanduser().resolve())
-    bb = backbone_for(spec)
+    apply_threads(threads)
+    bb = backbone_for(spec, device=device)
     kind = kind or ("text" if bb.has_text else "visual")
     settings = {"seed": seed} if adversarial is None else {"seed": seed, "adversarial": adversarial}
     if steps is not None:

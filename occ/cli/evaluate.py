@@ -10,7 +10,10 @@ import typer
 
 from occ.cli.common import (
     BackboneOpt,
+    DeviceOpt,
     RegistryOpt,
+    ThreadsOpt,
+    apply_threads,
     backbone_for,
     err,
     handle_errors,
@@ -37,6 +40,8 @@ def eval_cmd(
                                           "nothing else.")] = False,
     registry: RegistryOpt = None,
     backbone: BackboneOpt = None,
+    threads: ThreadsOpt = None,
+    device: DeviceOpt = "cpu",
 ) -> None:
     """Evaluate the enrolled sources on labelled images: per-source ROC AUC (95% bootstrap CI), TPR and
     false-accept rate at the stored threshold; open-set accuracy, rejection of unknowns, AUROC, OSCR and
@@ -56,7 +61,8 @@ def eval_cmd(
     reg = open_registry(registry)
     if len(reg) == 0:
         raise UsageError(f"registry {reg.root} is empty: enroll a source first with `occ enroll`")
-    bb = backbone_for(backbone, reg)
+    apply_threads(threads)
+    bb = backbone_for(backbone, reg, device=device)
     failures, skipped = [], []
 
     def on_error(exc):
@@ -91,4 +97,8 @@ def eval_cmd(
             out.print(f"[yellow]warning:[/yellow] {escape(one_line(warning))}", markup=True, soft_wrap=True)
         if report_dir is not None:
             out.print(f"report written to {escape(str(report_dir / 'report.md'))}", markup=True, soft_wrap=True)
+    conditions = len(report["conditions"])
+    err.print(f"eval: {report['n_files']} files, {report['n_images']} scored, {report['n_failed']} failed, "
+              f"{len(report['sources'])} source(s), {conditions} condition(s) in {report['seconds']:.1f} s",
+              markup=False)
     raise typer.Exit(1 if failures or skipped else 0)
