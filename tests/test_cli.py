@@ -362,6 +362,14 @@ def test_end_to_end_on_the_embedded_backbone(embedded_cache_dir, tmp_path, monke
     assert len(sd) == 4 and len(photos) == 3
     assert sum(sd) / len(sd) > sum(photos) / len(photos), by_name
     assert all(r["source"] is None for n, r in by_name.items() if n.startswith("photo-")), by_name  # open set
+    # Start-up (issue 14): the features are cached now, and scoring them does not import transformers.
+    probe = ("import atexit, sys; atexit.register(lambda: sys.stderr.write("
+             "f'\\nIMPORTED transformers={\"transformers\" in sys.modules}\\n')); "
+             "from occ.cli import main; sys.argv = ['occ', *sys.argv[1:]]; main()")
+    child = subprocess.run([sys.executable, "-c", probe, "attribute", examples / "check", "--registry", reg, "--json"],
+                           capture_output=True, text=True, env=clikit.subprocess_env(), timeout=300)
+    assert child.returncode == 0 and clikit.json_lines(child.stdout) == decisions, child.stderr
+    assert "IMPORTED transformers=False" in child.stderr, child.stderr
     archive = tmp_path / "sd15.occ.zip"
     assert invoke("export", "sd15", archive, "--registry", reg).code == 0
     assert invoke("import", archive, "--registry", tmp_path / "reg2").code == 0

@@ -78,7 +78,7 @@ def enroll(
     spec = backbone or default_spec()
     if Path(spec).expanduser().is_dir():
         spec = str(Path(spec).expanduser().resolve())
-    apply_threads(threads)
+    n_threads = apply_threads(threads)
     bb = backbone_for(spec, device=device)
     kind = kind or ("text" if bb.has_text else "visual")
     settings = {"seed": seed} if adversarial is None else {"seed": seed, "adversarial": adversarial}
@@ -113,7 +113,7 @@ def enroll(
                   f"TPR <= {tpr:g}")
     table.add_row("held-out (cross-validation)", f"TPR {fmt(cal.tpr)}, FAR {fmt(cal.achieved_far)}, "
                   f"AUC {fmt(cal.auc)} on {len(cal.pos_scores)} target / {len(cal.neg_scores)} non-target")
-    table.add_row("time", f"{result.seconds:.1f} s")
+    table.add_row("time", f"{result.seconds:.1f} s on {n_threads} thread(s), {bb.device}")
     table.add_row("registry", markup_path(reg.root))
     out.print(table)
     if errors:
