@@ -206,12 +206,14 @@ def _env(cache: Path, registry: Path) -> dict:
 
 
 def _seed_backbone(cache: Path) -> None:
-    """Copy the already-built embedded backbone into a fresh cache (so 'cold' means cold features)."""
+    """Give a fresh cache the already-built embedded backbone (so 'cold' means cold features): a link to
+    the built folder, which is only read."""
     from occ.backbones.embedded import embedded_dir
 
     target = cache / "backbones"
     target.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(embedded_dir(), target / embedded_dir().name, dirs_exist_ok=True)
+    if not (target / embedded_dir().name).exists():
+        os.symlink(embedded_dir(), target / embedded_dir().name)
 
 
 def part_enroll(report: dict, work: Path) -> None:
@@ -510,14 +512,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="occ-perf-") as tmp:
         work = Path(tmp)
         for part in args.only:
-            if part in ("trunk", "cache"):
-                globals()[f"part_{part}"](report)
-            else:
-                globals()[f"part_{part}"](report, work)
+            try:
+                if part in ("trunk", "cache"):
+                    globals()[f"part_{part}"](report)
+                else:
+                    globals()[f"part_{part}"](report, work)
+            except Exception as exc:  # one part failing must not lose the others' figures
+                report[part] = {"error": f"{type(exc).__name__}: {exc}"}
+                print(part, "failed:", exc, flush=True)
+            if args.out:  # after every part: a run cut short keeps what it measured
+                args.out.parent.mkdir(parents=True, exist_ok=True)
+                args.out.write_text(json.dumps(report, indent=1))
     print(json.dumps(report, indent=1))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=1))
 
 
 if __name__ == "__main__":

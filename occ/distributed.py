@@ -17,7 +17,7 @@ import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
-from occ.errors import ImageError, UsageError
+from occ.errors import ImageError, OccError, UsageError
 
 COLUMNS = ("path", "source", "scores", "accepted", "error")
 DEFAULT_BATCH = 16
@@ -124,7 +124,12 @@ def init(address: str | None = None, num_cpus: int | None = None) -> None:
         return
     kwargs = {"include_dashboard": False, "logging_level": logging.WARNING, "log_to_driver": False}
     if address:
-        ray.init(address=address, **kwargs)
+        try:
+            ray.init(address=address, **kwargs)
+        except Exception as exc:  # Ray raises several types for an address it cannot reach
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+            reason = lines[0] if lines else type(exc).__name__
+            raise OccError(f"cannot join the Ray cluster at {address}: {reason}") from None
     else:
         ray.init(num_cpus=num_cpus, **kwargs)
 

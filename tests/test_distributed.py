@@ -101,3 +101,4 @@ def test_output_needs_the_ray_engine_and_parquet(w, tmp_path) -> None:
     run = invoke("attribute", w.a_test, "--registry", w.reg_ab, "--engine", "ray", "--output", tmp_path / "x.csv")
     assert run.code == 2 and ".parquet" in run.stderr, run
 
+

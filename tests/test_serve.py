@@ -221,10 +221,12 @@ def test_binding_beyond_loopback_needs_a_token() -> None:
 
 
 def test_occ_serve_command_over_http(w, tiny_clip_dir, tmp_path) -> None:
-    """The CLI: a child process listening on a free port (read back from its stderr), then Ctrl-C."""
-    proc = subprocess.Popen(clikit.occ_argv("serve", "--port", "0", "--registry", w.reg_ab, "--backbone",
-                                            tiny_clip_dir, "--threads", "1"),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clikit.subprocess_env())
+    """The CLI: a child process listening on a free port (read back from its stderr), its options applied,
+    then Ctrl-C."""
+    argv = clikit.occ_argv("serve", "--port", "0", "--registry", w.reg_ab, "--backbone", tiny_clip_dir,
+                           "--threads", "1", "--max-images", "1", "--max-image-bytes", "20000", "--log-level", "info")
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=clikit.subprocess_env(OCC_SERVE_TOKEN="t0ken"))
     try:
         line = ""
         deadline = time.monotonic() + 120
@@ -233,15 +235,22 @@ def test_occ_serve_command_over_http(w, tiny_clip_dir, tmp_path) -> None:
             line = proc.stderr.readline()
         url = line.split("serving on ")[1].split()[0]
         assert url.startswith("http://127.0.0.1:") and not url.endswith(":0")
+        assert "(2 source(s)" in line and "1 thread(s)" in line and "token required" in line, line
         status, body = http("GET", f"{url}/healthz")
         assert status == 200 and body["sources"] == 2
-        status, rows = http("POST", f"{url}/v1/attribute", uploads(w.good(0)))
+        auth = {"Authorization": "Bearer t0ken"}
+        assert http("POST", f"{url}/v1/attribute", uploads(w.good(0)))[0] == 401  # OCC_SERVE_TOKEN applies
+        status, rows = http("POST", f"{url}/v1/attribute", uploads(w.good(0)), headers=auth)
         assert status == 200 and rows[0]["source"] == "a"
+        assert http("POST", f"{url}/v1/attribute", uploads(w.good(0), w.good(1)), headers=auth)[0] == 413
+        big = [("big.png", w.good(0).read_bytes() + b"\0" * 20000)]
+        assert http("POST", f"{url}/v1/attribute", big, headers=auth)[1][0]["error"].startswith("upload too large")
     finally:
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     assert out == ""  # nothing on stdout: logs go to stderr
+    assert '"POST /v1/attribute HTTP/1.1" 200' in err  # --log-level info: the access log, on stderr
 
 
 def test_occ_serve_refuses_a_public_host_without_token(w, tiny_clip_dir) -> None:

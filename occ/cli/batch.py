@@ -48,6 +48,8 @@ def attribute_on_ray(paths, reg, fmt_out: str, *, backbone, threads, device, add
         distributed.init(address)
     if workers is None:
         workers = max(1, int(ray.cluster_resources().get("CPU", 1)) // per_worker)
+    err.print(f"Ray cluster at {ray.get_runtime_context().gcs_address}: {workers} worker(s) of {per_worker} "
+              "thread(s)", markup=False)
     total, batches = distributed.attribute_paths(paths, registry_root=reg.root, sources=names, backbone=spec,
                                                  workers=workers, threads=per_worker, device=device)
     failures, outcome, rows = 0, Counter(), []
