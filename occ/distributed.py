@@ -131,7 +131,8 @@ def init(address: str | None = None, num_cpus: int | None = None) -> None:
             reason = lines[0] if lines else type(exc).__name__
             raise OccError(f"cannot join the Ray cluster at {address}: {reason}") from None
     else:
-        ray.init(num_cpus=num_cpus, **kwargs)
+        # "local": a new runtime for this command, never a cluster that `ray start` left on this machine
+        ray.init(address="local", num_cpus=num_cpus, **kwargs)
 
 
 def attribute_paths(inputs: Iterable, *, registry_root: str | os.PathLike, sources: Sequence[str],
