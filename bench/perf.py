@@ -16,6 +16,16 @@ Parts:
   with a cold and a warm feature cache; first vs second run.
 * ``memory``: peak RSS of ``occ attribute`` over 200 and 2,000 images (10 sources, cold cache).
 * ``startup``: ``occ --help`` and ``occ sources``.
+* ``cached`` (issue 14): ``occ attribute`` over 150 new images, then the same 150 again (features
+  cached), with 1 and 100 sources; which heavy modules the cached run imported.
+* ``serve`` (issue 14): ``occ serve`` on a free loopback port; latency of ``POST /v1/attribute`` with one
+  image (p50/p95 over 100 requests), cached and new images, with 1 and 100 sources.
+* ``ray`` (issue 14): ``occ attribute --engine ray`` with 1 and 2 workers against the plain CLI (1 and 2
+  threads), 100 and 500 new images each (a fresh feature cache per run), in the same run.
+* ``threads`` (issue 14): a 10-shot ``occ enroll`` (negatives cached) alone, beside another CPU-bound
+  process (default threads, and ``--threads 2``), and two such enrolls at once.
+
+Every part records the 1-minute load average before and after it (the machine is shared).
 
 Images come from ``../shared/data/devset`` (read in place, never copied into the repo).
 """
@@ -197,12 +207,14 @@ def _env(cache: Path, registry: Path) -> dict:
 
 
 def _seed_backbone(cache: Path) -> None:
-    """Copy the already-built embedded backbone into a fresh cache (so 'cold' means cold features)."""
+    """Give a fresh cache the already-built embedded backbone (so 'cold' means cold features): a link to
+    the built folder, which is only read."""
     from occ.backbones.embedded import embedded_dir
 
     target = cache / "backbones"
     target.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(embedded_dir(), target / embedded_dir().name, dirs_exist_ok=True)
+    if not (target / embedded_dir().name).exists():
+        os.symlink(embedded_dir(), target / embedded_dir().name)
 
 
 def part_enroll(report: dict, work: Path) -> None:
@@ -296,7 +308,196 @@ def part_startup(report: dict, work: Path) -> None:
     print("startup", report["startup"], flush=True)
 
 
-PARTS = ("trunk", "cache", "enroll", "attribute", "memory", "startup")
+def _import_copies(work: Path, n: int, cache: Path) -> Path:
+    """A registry of ``n`` sources: copies (export/import) of one real verifier enrolled once, 6 shots and
+    20 steps (per-source cost does not depend on the content)."""
+    import csv
+
+    base = work / "registry-one"
+    if not base.exists():
+        rows = [r for r in csv.DictReader(open(DEVSET / "manifest.csv")) if r["label"] == "sdcheat-sd15"]
+        folder = link_folder([DEVSET / r["path"] for r in rows[:6]], work / "one-shots")
+        subprocess.run(OCC + ["enroll", "src", str(folder), "--steps", "20"], env=_env(cache, base), check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(OCC + ["export", "src", str(work / "src.occ.zip")], env=_env(cache, base), check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    reg = work / f"registry-copies-{n}"
+    if not reg.exists():
+        for i in range(n):
+            subprocess.run(OCC + ["import", str(work / "src.occ.zip"), "--as", f"src-{i:03d}"],
+                           env=_env(cache, reg), check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return reg
+
+
+def _load() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+def part_cached(report: dict, work: Path) -> None:
+    seed_cache = work / "cache-seed"
+    _seed_backbone(seed_cache)
+    images = link_folder(devset_images(150, start=1200), work / "cached150")
+    out = {"images": 150, "load_before": _load()}
+    for n_sources in (1, 100):
+        reg = _import_copies(work, n_sources, seed_cache)
+        cache = work / f"cache-cached-{n_sources}"
+        shutil.rmtree(cache, ignore_errors=True)
+        _seed_backbone(cache)
+        env = _env(cache, reg)
+        cold = timed(OCC + ["attribute", str(images), "--json"], env)
+        cached = min(timed(OCC + ["attribute", str(images), "--json"], env) for _ in range(3))
+        proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "occ.cli", "attribute", str(images), "--json"],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if "|" in line}
+        out[f"sources_{n_sources}"] = {"cold_s": round(cold, 2), "cached_s_best_of_3": round(cached, 2),
+                                       "cold_over_cached": round(cold / cached, 1),
+                                       "cached_run_imports": {m: m in imported for m in
+                                                              ("torch", "transformers", "onnxruntime", "sklearn")}}
+        print("cached", n_sources, out[f"sources_{n_sources}"], flush=True)
+    for key in ("cold_s", "cached_s_best_of_3"):
+        out[f"ratio_100_over_1_{key}"] = round(out["sources_100"][key] / out["sources_1"][key], 3)
+    out["load_after"] = _load()
+    report["cached"] = out
+
+
+def _percentiles(values: list[float]) -> dict:
+    import numpy as np
+
+    arr = np.asarray(values) * 1000
+    return {"p50_ms": round(float(np.percentile(arr, 50)), 1), "p95_ms": round(float(np.percentile(arr, 95)), 1),
+            "n": len(values)}
+
+
+def part_serve(report: dict, work: Path) -> None:
+    import urllib.request
+    import uuid
+
+    seed_cache = work / "cache-seed"
+    _seed_backbone(seed_cache)
+    cached_image = devset_images(1, start=1500)[0]
+    new_images = devset_images(30, start=1600)
+    out = {"load_before": _load()}
+    for n_sources in (1, 100):
+        reg = _import_copies(work, n_sources, seed_cache)
+        cache = work / f"cache-serve-{n_sources}"
+        _seed_backbone(cache)
+        proc = subprocess.Popen(OCC + ["serve", "--port", "0", "--log-level", "warning"], env=_env(cache, reg),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            line = ""
+            while "serving on" not in line:
+                line = proc.stderr.readline()
+                if not line and proc.poll() is not None:
+                    raise RuntimeError("occ serve did not start")
+            url = line.split("serving on ")[1].split()[0] + "/v1/attribute"
+
+            def post(path: Path, url: str = url) -> float:
+                boundary = uuid.uuid4().hex
+                body = (f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{path.name}"\r\n'
+                        f"Content-Type: application/octet-stream\r\n\r\n").encode() + path.read_bytes() \
+                    + f"\r\n--{boundary}--\r\n".encode()
+                request = urllib.request.Request(url, data=body, method="POST", headers={
+                    "Content-Type": f"multipart/form-data; boundary={boundary}"})
+                start = time.perf_counter()
+                with urllib.request.urlopen(request, timeout=120) as response:
+                    answer = json.loads(response.read())
+                wall = time.perf_counter() - start
+                assert len(answer) == 1 and "scores" in answer[0], answer
+                return wall
+
+            post(cached_image)  # first request: the trunk runs and fills the cache
+            cached = [post(cached_image) for _ in range(100)]
+            new = [post(p) for p in new_images]
+        finally:
+            proc.terminate()
+            proc.wait(30)
+        out[f"sources_{n_sources}"] = {"cached_image": _percentiles(cached), "new_image": _percentiles(new)}
+        print("serve", n_sources, out[f"sources_{n_sources}"], flush=True)
+    out["load_after"] = _load()
+    report["serve"] = out
+
+
+def part_ray(report: dict, work: Path) -> None:
+    seed_cache = work / "cache-seed"
+    _seed_backbone(seed_cache)
+    reg = _import_copies(work, 1, seed_cache)
+    out = {"load_before": _load()}
+    runs = {"plain_threads_1": ["--threads", "1"], "plain_threads_2": ["--threads", "2"],
+            "ray_1_worker": ["--engine", "ray", "--workers", "1"],
+            "ray_2_workers": ["--engine", "ray", "--workers", "2"]}
+    start = 2000
+    for n in (100, 500):
+        row = {}
+        for name, extra in runs.items():
+            images = link_folder(devset_images(n, start=start), work / f"ray-{name}-{n}")
+            start += n  # other images for every run, each with a fresh feature cache: every image is new to it
+            cache = work / f"cache-ray-{name}-{n}"
+            _seed_backbone(cache)
+            wall = timed(OCC + ["attribute", str(images), "--json", *extra], _env(cache, reg))
+            row[name] = {"s": round(wall, 2), "images_per_s": round(n / wall, 2)}
+            print("ray", n, name, row[name], flush=True)
+        row["ray_2_over_1_workers"] = round(row["ray_1_worker"]["s"] / row["ray_2_workers"]["s"], 3)
+        out[f"images_{n}"] = row
+    # overhead: what the 400 images between the two sizes cost is throughput; the rest is fixed cost
+    for name in runs:
+        t100, t500 = out["images_100"][name]["s"], out["images_500"][name]["s"]
+        per_image = (t500 - t100) / 400
+        out.setdefault("fixed_cost_s", {})[name] = round(t100 - 100 * per_image, 2)
+        out.setdefault("steady_images_per_s", {})[name] = round(1 / per_image, 2) if per_image > 0 else None
+    out["load_after"] = _load()
+    report["ray"] = out
+
+
+def part_threads(report: dict, work: Path) -> None:
+    import csv
+
+    rows = [r for r in csv.DictReader(open(DEVSET / "manifest.csv")) if r["label"] == "sdcheat-sd15"]
+    folder = link_folder([DEVSET / r["path"] for r in rows[:10]], work / "threads-shots")
+    cache = work / "cache-threads"
+    _seed_backbone(cache)
+    env = _env(cache, work / "registry-threads")
+    env.pop("OMP_NUM_THREADS", None)
+    env.pop("OCC_NUM_THREADS", None)
+    subprocess.run(OCC + ["enroll", "warm", str(folder)], env=env, check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)  # negatives and shots cached: what follows is training
+
+    def enroll(name: str, *extra: str) -> subprocess.Popen:
+        return subprocess.Popen(OCC + ["enroll", name, str(folder), "--replace", *extra], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+
+    def finish(proc: subprocess.Popen, start: float) -> dict:
+        stdout, _ = proc.communicate()
+        wall = time.perf_counter() - start
+        line = next((ln for ln in stdout.splitlines() if " thread(s)" in ln), "")
+        threads = line.split(" on ")[-1].split(" thread")[0].strip() if line else "?"
+        return {"s": round(wall, 1), "threads_used": threads}
+
+    def competitor() -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-c", "while True: pass"])
+
+    out = {"cpus": os.cpu_count(), "load_before": _load()}
+    start = time.perf_counter()
+    out["alone_default"] = finish(enroll("e1"), start)
+    hog = competitor()
+    try:
+        time.sleep(2)
+        start = time.perf_counter()
+        out["beside_cpu_bound_default"] = finish(enroll("e1"), start)
+        start = time.perf_counter()
+        out["beside_cpu_bound_threads_2"] = finish(enroll("e1", "--threads", "2"), start)
+    finally:
+        hog.kill()
+        hog.wait()
+    start = time.perf_counter()
+    a, b = enroll("e1"), enroll("e2")
+    out["two_at_once_default"] = [finish(a, start), finish(b, start)]
+    out["beside_over_alone"] = round(out["beside_cpu_bound_default"]["s"] / out["alone_default"]["s"], 3)
+    out["load_after"] = _load()
+    report["threads"] = out
+    print("threads", out, flush=True)
+
+
+PARTS = ("trunk", "cache", "enroll", "attribute", "memory", "startup", "cached", "serve", "ray", "threads")
 
 
 def main() -> None:
@@ -306,18 +507,22 @@ def main() -> None:
     args = ap.parse_args()
     report: dict = {"command": " ".join(sys.argv),
                     "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                                "python": platform.python_version()}}
+                                "python": platform.python_version(), "load_1min_at_start": _load()}}
     with tempfile.TemporaryDirectory(prefix="occ-perf-") as tmp:
         work = Path(tmp)
         for part in args.only:
-            if part in ("trunk", "cache"):
-                globals()[f"part_{part}"](report)
-            else:
-                globals()[f"part_{part}"](report, work)
+            try:
+                if part in ("trunk", "cache"):
+                    globals()[f"part_{part}"](report)
+                else:
+                    globals()[f"part_{part}"](report, work)
+            except Exception as exc:  # one part failing must not lose the others' figures
+                report[part] = {"error": f"{type(exc).__name__}: {exc}"}
+                print(part, "failed:", exc, flush=True)
+            if args.out:  # after every part: a run cut short keeps what it measured
+                args.out.parent.mkdir(parents=True, exist_ok=True)
+                args.out.write_text(json.dumps(report, indent=1))
     print(json.dumps(report, indent=1))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=1))
 
 
 if __name__ == "__main__":

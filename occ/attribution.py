@@ -21,6 +21,7 @@ from occ.backbones.base import Backbone, Trunk
 from occ.errors import ImageError, OccError, RegistryError, UsageError
 from occ.features import FeatureExtractor
 from occ.heads import TrunkBatch
+from occ.images import ImageFile
 from occ.registry import Registry
 from occ.sources import require_enrolled
 from occ.verifier import Verifier
@@ -133,3 +134,29 @@ class Attributor:
         for batch in self.extractor.stream(inputs, self.blocks, on_error):
             yield from self.decide(batch.trunk, [im.path for im in batch.images])
 
+    def run_files(self, files: Sequence[ImageFile],
+                  on_error: Callable[[ImageError], None] | None = None) -> Iterator[Decision]:
+        """Decisions for images whose bytes are already read (see :meth:`FeatureExtractor.from_files`)."""
+        for batch in self.extractor.from_files(files, self.blocks, on_error):
+            yield from self.decide(batch.trunk, [im.path for im in batch.images])
+
+
+def verify_row(decision: Decision, source: str) -> dict:
+    """What ``occ verify --json`` (and ``occ serve``) answers for one image and one source."""
+    return {"path": decision.path, "source": source, "score": round(decision.scores[source], 6),
+            "threshold": round(decision.thresholds[source], 6), "accepted": source in decision.accepted}
+
+
+def round_scores(scores: dict[str, float]) -> dict[str, float]:
+    return {k: round(float(v), 6) for k, v in scores.items()}
+
+
+def attribute_row(decision: Decision) -> dict:
+    """What ``occ attribute --json`` (and ``occ serve``, and the Ray engine) answers for one image."""
+    return {"path": decision.path, "source": decision.source, "scores": round_scores(decision.scores),
+            "accepted": list(decision.accepted)}
+
+
+def error_row(exc: ImageError) -> dict:
+    """What ``--json`` answers for an image that could not be read."""
+    return {"path": exc.path, "error": exc.reason}

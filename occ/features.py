@@ -24,7 +24,7 @@ from safetensors.torch import save as st_save
 
 from occ.backbones.base import Backbone, Trunk, empty_trunk
 from occ.errors import ImageError, first_line
-from occ.images import ImageFile, decode_image, iter_paths, load_image, read_image_file
+from occ.images import MAX_PIXELS, ImageFile, decode_image, iter_paths, load_image, read_image_file
 from occ.paths import cache_dir
 
 FEATURE_FORMAT = "occ-trunk-v2"
@@ -150,10 +150,11 @@ class FeatureExtractor:
     """
 
     def __init__(self, backbone: Backbone, *, cache: bool = True, batch_size: int = DEFAULT_BATCH,
-                 cache_root: str | os.PathLike | None = None):
+                 cache_root: str | os.PathLike | None = None, max_pixels: int = MAX_PIXELS):
         self.backbone = backbone
         self.cache = FeatureCache(backbone, cache_root) if cache else None
         self.batch_size = max(1, int(batch_size))
+        self.max_pixels = int(max_pixels)  # larger declared images are refused before decoding
 
     def _batch(self, files: list[ImageFile], blocks: tuple[int, ...],
                on_error: Callable[[ImageError], None] | None, transform: Transform | None) -> Features | None:
@@ -163,7 +164,7 @@ class FeatureExtractor:
         for i, f in enumerate(files):
             if rows[i] is None:
                 try:
-                    image = decode_image(f).image
+                    image = decode_image(f, max_pixels=self.max_pixels).image
                     if transform is not None:
                         image = _transformed(f, image, transform)
                 except ImageError as exc:
@@ -211,6 +212,16 @@ class FeatureExtractor:
                 batch = []
         if batch and (features := self._batch(batch, blocks, on_error, transform)) is not None:
             yield features
+
+    def from_files(self, files: Sequence[ImageFile], blocks: Sequence[int] = (),
+                   on_error: Callable[[ImageError], None] | None = None) -> Iterator[Features]:
+        """Like :meth:`stream` for images whose bytes are already read (uploads, remote reads): the
+        cache keys on their sha256 and errors name their ``path``."""
+        blocks = tuple(sorted(set(blocks)))
+        for start in range(0, len(files), self.batch_size):
+            if (features := self._batch(list(files[start:start + self.batch_size]), blocks, on_error,
+                                        None)) is not None:
+                yield features
 
     def load(self, inputs: Iterable, blocks: Sequence[int] = (),
              on_error: Callable[[ImageError], None] | None = None, transform: Transform | None = None) -> Features:

@@ -311,19 +311,36 @@ class VisualPrompts(PromptHead):
         per image and source, the P prompt keys are scored and mixed in and the rest is dot products,
         nothing that grows with the number of patch tokens or needs a matrix product per image."""
         q, m, z, u = stats
+        k, w, w_heads, v_out, offset = self._folded()
+        s = torch.einsum("nhd,hpd->nhp", q, k)
+        top = torch.maximum(m, s.amax(-1))
+        shrink, e = (m - top).exp(), (s - top.unsqueeze(-1)).exp()
+        numerator = shrink * torch.einsum("nhd,hd->nh", u, w_heads) + (e * v_out).sum(-1)
+        attended = (numerator / (shrink * z + e.sum(-1))).sum(-1)
+        return cls_in.float() @ w + attended + offset
+
+    def _folded(self):
+        """What :meth:`raw_from_stats` needs of this source alone: the prompt keys (H, P, D/H), the head
+        on the un-standardised readout (D) and folded onto each attention head (H, D/H), what each
+        prompt's value adds to the score (H, P) and the constant term. Outside autograd they are kept
+        until a learned tensor changes (its version counter moves), so scoring batch after batch does
+        not re-project the prompts every time."""
+        tensors = (self.prompt, self.weight, self.bias, self.mu, self.sigma)
+        key = tuple((id(t), t._version) for t in tensors)
+        memo = self.__dict__.get("_folded_memo")
+        if memo is not None and memo[0] == key:
+            return memo[1]
         layer = self.backbone.block(self.first)
         attn = layer.self_attn
         h = layer.layer_norm1(self.prompt.unsqueeze(0))
         k, v = split_heads(attn.k_proj(h), attn)[0], split_heads(attn.v_proj(h), attn)[0]  # (H, P, D/H)
-        w = self.weight / self.sigma  # the head on the un-standardised readout
-        w_heads = (attn.out_proj.weight.T @ w).view(attn.num_heads, attn.head_dim)  # (H, D/H)
-        s = torch.einsum("nhd,hpd->nhp", q, k)
-        top = torch.maximum(m, s.amax(-1))
-        shrink, e = (m - top).exp(), (s - top.unsqueeze(-1)).exp()
-        v_out = torch.einsum("hpd,hd->hp", v, w_heads)  # what each prompt's value adds to the score
-        numerator = shrink * torch.einsum("nhd,hd->nh", u, w_heads) + (e * v_out).sum(-1)
-        attended = (numerator / (shrink * z + e.sum(-1))).sum(-1)
-        return cls_in.float() @ w + attended + (attn.out_proj.bias - self.mu) @ w + self.bias
+        w = self.weight / self.sigma
+        w_heads = (attn.out_proj.weight.T @ w).view(attn.num_heads, attn.head_dim)
+        v_out = torch.einsum("hpd,hd->hp", v, w_heads)
+        folded = (k, w, w_heads, v_out, (attn.out_proj.bias - self.mu) @ w + self.bias)
+        if not torch.is_grad_enabled():
+            self.__dict__["_folded_memo"] = (key, folded)
+        return folded
 
     def logits_from_features(self, feats: torch.Tensor) -> torch.Tensor:
         z = feats @ self.weight + self.bias

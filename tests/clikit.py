@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -25,6 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 VERIFY_KEYS = {"path", "source", "score", "threshold", "accepted"}
 ATTRIBUTE_KEYS = {"path", "source", "scores", "accepted"}
 ERROR_KEYS = {"path", "error"}
+SUMMARY_RE = re.compile(r"(verify|attribute): \d+ images, \d+ scored, \d+ failed in |eval: \d+ files, \d+ scored, ")
 STEPS = "5"  # training steps per model: enough for the tiny families, fast on a busy 2-core machine
 
 
@@ -38,8 +40,16 @@ class Run:
         return f"Run({self.args}, code={self.code}, stdout={self.stdout[-800:]!r}, stderr={self.stderr[-800:]!r})"
 
     @property
+    def summary(self) -> str | None:
+        """The one-line summary verify/attribute/eval end with on stderr (None if there is none)."""
+        lines = [line for line in self.stderr.splitlines() if line.strip()]
+        return lines[-1] if lines and SUMMARY_RE.match(lines[-1]) else None
+
+    @property
     def err_lines(self) -> list[str]:
-        return [line for line in self.stderr.splitlines() if line.strip()]
+        """stderr lines other than the closing summary."""
+        lines = [line for line in self.stderr.splitlines() if line.strip()]
+        return lines[:-1] if self.summary is not None else lines
 
     def json(self) -> list[dict]:
         """Every stdout line as a JSON object (fails if any line is something else: --json prints only JSON)."""

@@ -17,7 +17,8 @@ Threads
 -------
 The tiny models are far too small for intra-op parallelism, and on a busy machine torch's thread pool
 makes a 2 ms pass take 300 ms; the session runs torch on one thread (``OCC_TEST_TORCH_THREADS``
-overrides it).
+overrides it), and sets ``OCC_NUM_THREADS`` to the same count, so that commands run in-process (which
+apply occ's thread count, :mod:`occ.threads`) keep it.
 
 Tiny CLIPs
 ----------
@@ -45,8 +46,11 @@ def _torch_threads():
     import torch
 
     before = torch.get_num_threads()
-    torch.set_num_threads(int(os.environ.get("OCC_TEST_TORCH_THREADS", "1")))
-    yield
+    n = os.environ.get("OCC_TEST_TORCH_THREADS", "1")
+    torch.set_num_threads(int(n))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OCC_NUM_THREADS", n)
+        yield
     torch.set_num_threads(before)
 
 

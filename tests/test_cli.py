@@ -58,7 +58,8 @@ def test_verify_json_shape_and_nothing_else_on_stdout(w) -> None:
     assert [r["path"] for r in decisions] == [str(w.good(0))] + [str(p) for p in sorted(w.b_test.iterdir())]
     for row in decisions:
         check_verify_row(row, "a")
-    assert run.stderr == ""  # --json: errors go to stdout as objects, nothing else is printed
+    assert run.err_lines == []  # --json: errors go to stdout as objects, nothing else is printed
+    assert run.summary == "verify: 8 images, 7 scored, 1 failed in " + run.summary.split(" in ")[1]
 
 
 def test_attribute_json_shape(w) -> None:
@@ -72,7 +73,7 @@ def test_attribute_json_shape(w) -> None:
     for row in rows:
         if "error" not in row:
             check_attribute_row(row, ["a", "b"])
-    assert run.stderr == ""
+    assert run.err_lines == []
 
 
 def test_all_good_exits_0_and_tables_without_json(w) -> None:
@@ -362,6 +363,14 @@ def test_end_to_end_on_the_embedded_backbone(embedded_cache_dir, tmp_path, monke
     assert len(toy) == 4 and len(photos) == 3
     assert sum(toy) / len(toy) > sum(photos) / len(photos), by_name
     assert all(r["source"] is None for n, r in by_name.items() if n.startswith("photo-")), by_name  # open set
+    # Start-up (issue 14): the features are cached now, and scoring them does not import transformers.
+    probe = ("import atexit, sys; atexit.register(lambda: sys.stderr.write("
+             "f'\\nIMPORTED transformers={\"transformers\" in sys.modules}\\n')); "
+             "from occ.cli import main; sys.argv = ['occ', *sys.argv[1:]]; main()")
+    child = subprocess.run([sys.executable, "-c", probe, "attribute", examples / "check", "--registry", reg, "--json"],
+                           capture_output=True, text=True, env=clikit.subprocess_env(), timeout=300)
+    assert child.returncode == 0 and clikit.json_lines(child.stdout) == decisions, child.stderr
+    assert "IMPORTED transformers=False" in child.stderr, child.stderr
     archive = tmp_path / "toy.occ.zip"
     assert invoke("export", "toy", archive, "--registry", reg).code == 0
     assert invoke("import", archive, "--registry", tmp_path / "reg2").code == 0

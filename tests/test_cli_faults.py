@@ -60,7 +60,7 @@ def assert_registry_healthy(w, reg: Path, expected: set[str]) -> list[str]:
     names = [n for n in ("a", "b", "fresh", "p1", "p2") if f"│ {n} " in listing.stdout]
     assert expected <= set(names), (names, listing)
     run = invoke("attribute", w.a_test, w.b_test, "--registry", reg, "--json")
-    assert run.code == 0 and run.stderr == "", run
+    assert run.code == 0 and run.err_lines == [], run
     for row in run.json():
         check_attribute_row(row, names)
     return names
@@ -169,7 +169,7 @@ def test_two_processes_enroll_while_attribute_reads(w, tmp_path) -> None:
         deadline = time.monotonic() + 240
         while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
             run = invoke("attribute", w.a_test, w.b_test, "--registry", reg, "--json")
-            assert run.code == 0 and run.stderr == "", run  # never a half-written or missing verifier
+            assert run.code == 0 and run.err_lines == [], run  # never a half-written or missing verifier
             rows = run.json()
             assert len(rows) == 12
             names = sorted(rows[0]["scores"])

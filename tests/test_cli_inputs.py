@@ -97,7 +97,7 @@ def check_batch(w, inputs: list, bad_shown: str, needle: str, goods: list[Path])
     assert [r["path"] for r in decisions] == [str(g) for g in goods]
     for row in decisions:
         check_verify_row(row, "a")
-    assert run.stderr == ""
+    assert run.err_lines == []
 
     table = invoke("verify", *inputs, "--source", "a", "--registry", w.reg_a)
     assert table.code == 1, table
@@ -251,7 +251,7 @@ def test_odd_but_valid_images_are_processed(w, tmp_path) -> None:
     for row in rows:
         check_verify_row(row, "a")
     run = invoke("attribute", folder, "--registry", w.reg_ab)
-    assert run.code == 0 and run.stderr == "", run
+    assert run.code == 0 and run.err_lines == [], run
 
 
 # Stored pixels for each EXIF orientation of an upright picture (what a camera writes).

@@ -159,3 +159,37 @@ def test_single_attention_prompts_score_from_shared_statistics(tiny_vision_backb
     # one shared computation per block for both heads
     assert batch.shared_blocks == {"keys_values": (b,), "cls_attention": (b,)}
     assert not VisualPrompts(tiny_vision_backbone, PromptTemplate.load("visual-mid")).single_attention
+
+
+def test_folded_prompt_terms_are_kept_until_the_prompts_change(tiny_vision_backbone, hidden) -> None:
+    # Scoring batch after batch reuses a source's projected prompt terms (issue 14: 100 sources on cached
+    # images); a change to any learned tensor (training, load_state_dict) recomputes them.
+    from occ.backbones.base import Trunk
+    from occ.verifier import _VisualAdapter
+
+    head = VisualPrompts(tiny_vision_backbone, PromptTemplate.load("visual-mid-attn"), torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        head.weight.normal_(generator=torch.Generator().manual_seed(3))
+    b = head.first
+    trunk = Trunk(torch.stack(hidden, 1)[:, :, 0], torch.zeros(3, 4),
+                  {b: patch_keys_values(tiny_vision_backbone.block(b), hidden[b]).half()})
+    adapter = _VisualAdapter(head, tiny_vision_backbone)
+
+    def exact():
+        with torch.no_grad():
+            logits = adapter.logits(adapter.from_trunk(trunk))
+        return logits[:, 1] - logits[:, 0]
+
+    with torch.no_grad():
+        first = adapter.raw(trunk)
+        kept = head._folded()
+        assert head._folded() is kept  # not recomputed
+        torch.testing.assert_close(adapter.raw(trunk), first)
+        head.prompt.add_(torch.randn(head.prompt.shape, generator=torch.Generator().manual_seed(4)))
+        assert head._folded() is not kept
+        torch.testing.assert_close(adapter.raw(trunk), exact(), rtol=1e-4, atol=1e-4)
+        assert not torch.allclose(adapter.raw(trunk), first)
+        state = {k: v.clone() for k, v in head.state_dict().items()}
+        state["bias"] += 1.0
+        head.load_state_dict(state)
+        torch.testing.assert_close(adapter.raw(trunk), exact(), rtol=1e-4, atol=1e-4)

@@ -16,25 +16,28 @@ def default_spec() -> str:
     return os.environ.get("OCC_BACKBONE") or DEFAULT
 
 
-def load_backbone(spec: str | None = None, *, engine: str | None = None, progress=None) -> Backbone:
+def load_backbone(spec: str | None = None, *, engine: str | None = None, device: str = "cpu",
+                  progress=None) -> Backbone:
     """Load a backbone: ``"embedded"`` (default), a hub id, or a local transformers CLIP folder.
 
     ``engine`` applies to the embedded backbone: ``"onnx-int8"`` (default, fastest) or
     ``"torch-fp32"``; ``OCC_ENGINE`` sets the default. Other backbones run in torch fp32.
-    """
-    from transformers.utils import logging as hf_logging
+    ``device`` (``"cpu"`` or ``"cuda"``) is where the trunk pass runs: the torch engines move the image
+    tower there, the int8 engine uses onnxruntime's CUDA provider (when installed).
 
-    hf_logging.disable_progress_bar()  # the library never prints; the CLI shows its own progress
-    hf_logging.set_verbosity_error()
+    Nothing here imports transformers: the embedded backbone loads it only for the torch engine or
+    pixel gradients, so scoring cached features never pays its import time.
+    """
     spec = spec or default_spec()
     if spec == DEFAULT:
         from occ.backbones.embedded import EmbeddedBackbone
 
-        return EmbeddedBackbone(engine or os.environ.get("OCC_ENGINE") or "onnx-int8", progress=progress)
+        return EmbeddedBackbone(engine or os.environ.get("OCC_ENGINE") or "onnx-int8", progress=progress,
+                                device=device)
     if engine not in (None, "torch-fp32"):
         from occ.errors import BackboneError
 
         raise BackboneError(f"engine {engine!r} is only available for the embedded backbone")
     from occ.backbones.hf import HFBackbone
 
-    return HFBackbone(spec)
+    return HFBackbone(spec, device=device)

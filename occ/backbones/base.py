@@ -18,6 +18,7 @@ A :class:`Backbone` is a frozen CLIP. It offers
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -124,6 +125,7 @@ class Backbone:
     tokenizer = None
     logit_scale: float = 100.0
     location: str = ""
+    device: str = "cpu"  # where the trunk pass runs; per-source work and every returned tensor stay on the CPU
 
     @property
     def vision(self) -> torch.nn.Module:
@@ -132,8 +134,14 @@ class Backbone:
         raise NotImplementedError
 
     def block(self, index: int) -> torch.nn.Module:
-        """Frozen block ``index`` (CLIPEncoderLayer attribute names)."""
-        return self.vision.vision_model.encoder.layers[index]
+        """Frozen block ``index`` (CLIPEncoderLayer attribute names), on the CPU."""
+        layer = self.vision.vision_model.encoder.layers[index]
+        if self.device == "cpu":
+            return layer
+        copies = self.__dict__.setdefault("_cpu_blocks", {})
+        if index not in copies:
+            copies[index] = freeze(copy.deepcopy(layer).to("cpu"))
+        return copies[index]
 
     @property
     def has_text(self) -> bool:
@@ -174,9 +182,9 @@ class Backbone:
     def hidden_states(self, pixel_values: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Differentiable torch pass: (hidden states 0..L, image embeddings). Gradients flow to pixels."""
         vm = self.vision.vision_model
-        out = vm(pixel_values=pixel_values, output_hidden_states=True)
+        out = vm(pixel_values=pixel_values.to(tower_device(self.vision)), output_hidden_states=True)
         embeds = self.vision.visual_projection(out.pooler_output)
-        return list(out.hidden_states), embeds
+        return [h.cpu() for h in out.hidden_states], embeds.cpu()
 
     def describe(self) -> dict:
         return {
@@ -191,6 +199,7 @@ class Backbone:
             "projection_dim": self.projection_dim,
             "image_size": self.preprocess.size,
             "preprocessing": self.preprocess.version,
+            "device": self.device,
         }
 
 
@@ -210,15 +219,44 @@ def patch_keys_values(layer: torch.nn.Module, hidden: torch.Tensor) -> torch.Ten
     return torch.stack([layer.self_attn.k_proj(x), layer.self_attn.v_proj(x)], dim=1)
 
 
+def tower_device(vision: torch.nn.Module) -> torch.device:
+    """The device the image tower's weights are on."""
+    return next(vision.vision_model.parameters()).device
+
+
 def torch_trunk(vision: torch.nn.Module, pixel_values: torch.Tensor, blocks: tuple[int, ...]) -> Trunk:
-    """Trunk pass in torch for any transformers CLIP image tower."""
-    out = vision.vision_model(pixel_values=pixel_values, output_hidden_states=True)
+    """Trunk pass in torch for any transformers CLIP image tower, on the tower's device (the whole
+    batch at once); the features come back on the CPU."""
+    out = vision.vision_model(pixel_values=pixel_values.to(tower_device(vision)), output_hidden_states=True)
     hs = out.hidden_states
-    cls = torch.stack([h[:, 0] for h in hs], 1).float()
-    embeds = vision.visual_projection(out.pooler_output).float()
+    cls = torch.stack([h[:, 0] for h in hs], 1).float().cpu()
+    embeds = vision.visual_projection(out.pooler_output).float().cpu()
     layers = vision.vision_model.encoder.layers
-    kv = {b: patch_keys_values(layers[b], hs[b]).to(torch.float16) for b in blocks}
+    kv = {b: patch_keys_values(layers[b], hs[b]).to(torch.float16).cpu() for b in blocks}
     return Trunk(cls, embeds, kv)
+
+
+DEVICES = ("cpu", "cuda")
+
+
+def check_torch_device(device: str) -> str:
+    """``device`` if torch can run there; a usage error naming the reason otherwise."""
+    from occ.errors import UsageError
+
+    if device not in DEVICES:
+        raise UsageError(f"unknown device {device!r}; choose from {', '.join(DEVICES)}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: torch sees no CUDA device on this machine (torch.cuda.is_available() "
+                         "is False)")
+    return device
+
+
+def quiet_transformers() -> None:
+    """transformers prints progress bars and warnings when it loads models: the library never prints."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
 
 
 def freeze(module: torch.nn.Module) -> torch.nn.Module:

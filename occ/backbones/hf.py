@@ -12,7 +12,16 @@ import json
 import os
 from pathlib import Path
 
-from occ.backbones.base import CLIP_MEAN, CLIP_STD, Backbone, Preprocessing, freeze, torch_trunk
+from occ.backbones.base import (
+    CLIP_MEAN,
+    CLIP_STD,
+    Backbone,
+    Preprocessing,
+    check_torch_device,
+    freeze,
+    quiet_transformers,
+    torch_trunk,
+)
 from occ.backbones.blocks import TowerConfig
 from occ.errors import BackboneError, first_line
 from occ.paths import cache_dir, sha256_file
@@ -80,9 +89,11 @@ def weights_digest(folder: Path) -> str:
 class HFBackbone(Backbone):
     """A transformers CLIP checkpoint (trunk in torch fp32)."""
 
-    def __init__(self, spec: str):
+    def __init__(self, spec: str, device: str = "cpu"):
         import transformers
 
+        self.device = check_torch_device(device)
+        quiet_transformers()
         folder = resolve(spec)
         try:
             config = json.loads((folder / "config.json").read_text())
@@ -102,6 +113,9 @@ class HFBackbone(Backbone):
         self.model_id = spec if not Path(spec).expanduser().is_dir() else f"local:{folder.resolve().name}"
         self.engine = "torch-fp32"
         self.location = str(folder)
+        # Only the image tower moves to the device: the text tower serves per-source work on the CPU.
+        model.vision_model.to(self.device)
+        model.visual_projection.to(self.device)
         self._vision = model
         self.config = TowerConfig.from_transformers(model.config)
         self.preprocess = _preprocessing(folder, model)

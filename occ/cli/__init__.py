@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from occ.cli import backbone, enroll, evaluate, inspect, refit, score, share, sources
+from occ.cli import backbone, enroll, evaluate, inspect, refit, score, serve, share, sources
 from occ.cli.common import SCORES_HELP, TYPER_SETTINGS
 
 app = typer.Typer(
@@ -46,6 +46,7 @@ app.command("export")(share.export_cmd)
 app.command("import")(share.import_cmd)
 app.command("backbone")(backbone.backbone_cmd)
 app.command("inspect")(inspect.inspect_cmd)
+app.command("serve")(serve.serve)
 
 
 def main() -> None:

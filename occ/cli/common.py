@@ -42,6 +42,18 @@ BackboneOpt = Annotated[
     typer.Option("--backbone", help="'embedded' (default, offline CLIP ViT-B/16), a hub id, or a local CLIP "
                  "folder. verify/attribute/eval default to the backbone the sources were enrolled on."),
 ]
+CsvOpt = Annotated[bool, typer.Option("--csv", help="CSV on stdout (a header, then one row per image, one "
+                                      "column per source score), nothing else.")]
+ThreadsOpt = Annotated[
+    int | None,
+    typer.Option("--threads", help="Threads for torch, onnxruntime and BLAS (default: $OCC_NUM_THREADS, else the "
+                 "cores not kept busy by other processes).", show_default=False),
+]
+DeviceOpt = Annotated[
+    str,
+    typer.Option("--device", help="Where the backbone's trunk pass runs: cpu or cuda (torch engine; the int8 "
+                 "engine needs onnxruntime's CUDA provider)."),
+]
 
 
 def json_option(what: str):
@@ -140,9 +152,16 @@ def stage_progress(label: str = "{stage}"):
         yield on_progress
 
 
-def backbone_for(spec: str | None, registry=None, names=None):
-    """Load the backbone: the one named, else the one the registry's sources (or those of ``names``)
-    were enrolled on (:func:`occ.sources.sources_backbone_spec`)."""
+def apply_threads(threads: int | None) -> int:
+    """Apply the thread count (``--threads``, else ``OCC_NUM_THREADS``, else a free-core default)."""
+    from occ.threads import apply
+
+    return apply(threads)
+
+
+def backbone_for(spec: str | None, registry=None, names=None, device: str = "cpu"):
+    """Load the backbone, its trunk pass on ``device``: the one named, else the one the registry's sources
+    (or those of ``names``) were enrolled on (:func:`occ.sources.sources_backbone_spec`)."""
     from occ.backbones import load_backbone
 
     if spec is None and registry is not None:
@@ -150,7 +169,7 @@ def backbone_for(spec: str | None, registry=None, names=None):
 
         spec = sources_backbone_spec(registry, names)
     with err.status("loading backbone", spinner="dots") if err.is_terminal else contextlib.nullcontext():
-        return load_backbone(spec, progress=lambda msg: err.print(msg, markup=False))
+        return load_backbone(spec, device=device, progress=lambda msg: err.print(msg, markup=False))
 
 
 def report_file_error(exc: ImageError, as_json: bool) -> None:

@@ -10,7 +10,10 @@ import typer
 
 from occ.cli.common import (
     BackboneOpt,
+    DeviceOpt,
     RegistryOpt,
+    ThreadsOpt,
+    apply_threads,
     backbone_for,
     fmt,
     handle_errors,
@@ -62,6 +65,8 @@ def enroll(
                                           "photos as negatives.")] = False,
     registry: RegistryOpt = None,
     backbone: BackboneOpt = None,
+    threads: ThreadsOpt = None,
+    device: DeviceOpt = "cpu",
 ) -> None:
     """Learn a verifier for source NAME from example images and store it in the registry."""
     from occ.config import VerifierConfig
@@ -72,7 +77,8 @@ def enroll(
     reg = open_registry(registry)
     reg.check_new(name, replace=replace)
     spec = enroll_backbone_spec(backbone)
-    load = functools.cache(lambda: backbone_for(spec))
+    n_threads = apply_threads(threads)
+    load = functools.cache(lambda: backbone_for(spec, device=device))
     # Every option maps onto one field of the config (and is checked) before the backbone is loaded,
     # unless the default kind depends on the backbone.
     config = VerifierConfig.from_options(method=method, kind=kind, template=template, backbone=load, far=far,
@@ -98,7 +104,7 @@ def enroll(
                       f"TPR <= {cal.target_tpr:g}"),
         ("held-out (cross-validation)", f"TPR {fmt(cal.tpr)}, FAR {fmt(cal.achieved_far)}, AUC {fmt(cal.auc)} on "
                                         f"{len(cal.pos_scores)} target / {len(cal.neg_scores)} non-target rows"),
-        ("time", f"{result.seconds:.1f} s"),
+        ("time", f"{result.seconds:.1f} s on {n_threads} thread(s), {bb.device}"),
         ("registry", markup_path(reg.root)),
     ]
     if stored.evidence_:

@@ -11,7 +11,10 @@ import typer
 
 from occ.cli.common import (
     BackboneOpt,
+    DeviceOpt,
     RegistryOpt,
+    ThreadsOpt,
+    apply_threads,
     backbone_for,
     err,
     handle_errors,
@@ -20,10 +23,10 @@ from occ.cli.common import (
     markup_path,
     open_registry,
     out,
-    progress_bar,
     report_file_error,
     report_left_out,
     show,
+    stage_progress,
 )
 
 
@@ -40,6 +43,8 @@ def eval_cmd(
     as_json: Annotated[bool, json_option("the report as one JSON object")] = False,
     registry: RegistryOpt = None,
     backbone: BackboneOpt = None,
+    threads: ThreadsOpt = None,
+    device: DeviceOpt = "cpu",
 ) -> None:
     """Evaluate the enrolled sources on labelled images: per-source ROC AUC (95% bootstrap CI), TPR and
     false-accept rate at the stored threshold; open-set accuracy, rejection of unknowns, AUROC, OSCR and
@@ -57,7 +62,8 @@ def eval_cmd(
     evaluation.label_folders(root)
     reg = open_registry(registry)
     require_enrolled(reg)
-    bb = backbone_for(backbone, reg)
+    apply_threads(threads)
+    bb = backbone_for(backbone, reg, device=device)
     failures, skipped = [], []
 
     def on_error(exc):
@@ -68,14 +74,7 @@ def eval_cmd(
         skipped.append(name)
         report_left_out(name, exc)
 
-    with progress_bar() as progress:
-        tasks = {}
-
-        def on_progress(stage, done, total):
-            if stage not in tasks:
-                tasks[stage] = progress.add_task(f"evaluating ({stage})", total=total)
-            progress.update(tasks[stage], completed=done, total=total)
-
+    with stage_progress("evaluating ({stage})") as on_progress:
         report = evaluation.evaluate(reg, bb, root, perturbations, on_error=on_error, on_skip=on_skip,
                                      progress=on_progress, keep_scores=report_dir is not None)
     if report_dir is not None:
@@ -92,4 +91,8 @@ def eval_cmd(
             out.print(f"[yellow]warning:[/yellow] {markup_line(warning)}", markup=True, soft_wrap=True)
         if report_dir is not None:
             out.print(f"report written to {markup_path(report_dir / 'report.md')}", markup=True, soft_wrap=True)
+    conditions = len(report["conditions"])
+    err.print(f"eval: {report['n_files']} files, {report['n_images']} scored, {report['n_failed']} failed, "
+              f"{len(report['sources'])} source(s), {conditions} condition(s) in {report['seconds']:.1f} s",
+              markup=False)
     raise typer.Exit(1 if failures or skipped else 0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Annotated
 
@@ -11,8 +12,11 @@ import typer
 from occ.cli import inspect as provenance_cli
 from occ.cli.common import (
     BackboneOpt,
-    InputErrors,
+    CsvOpt,
+    DeviceOpt,
     RegistryOpt,
+    ThreadsOpt,
+    apply_threads,
     backbone_for,
     fmt,
     handle_errors,
@@ -20,9 +24,11 @@ from occ.cli.common import (
     markup_path,
     open_registry,
     print_table,
+    report_file_error,
     report_left_out,
     warn,
 )
+from occ.cli.output import CsvRows, ImageProgress, count_images, output_format, summary
 from occ.errors import UsageError
 
 PathsArg = Annotated[list[Path], typer.Argument(help="Image files or folders.")]
@@ -35,13 +41,30 @@ def warn_if_stale(attributor) -> None:
              "fitted again in memory for this run; `occ refit` stores it")
 
 
+def _on_error(bar: ImageProgress, csv_rows: CsvRows | None, as_json: bool, failures: list):
+    """The ``on_error`` of a batch: counts the file, reports it where the results go."""
+
+    def on_error(exc):
+        failures.append(exc)
+        bar.advance()
+        if csv_rows:
+            csv_rows.row({"path": exc.path, "error": exc.reason})
+        else:
+            report_file_error(exc, as_json)
+
+    return on_error
+
+
 @handle_errors
 def verify(
     paths: PathsArg,
     source: Annotated[str, typer.Option("--source", help="The enrolled source to verify against.")],
     as_json: PerImageJson = False,
+    as_csv: CsvOpt = False,
     registry: RegistryOpt = None,
     backbone: BackboneOpt = None,
+    threads: ThreadsOpt = None,
+    device: DeviceOpt = "cpu",
     provenance: provenance_cli.ProvenanceOpt = False,
     trust_list: provenance_cli.TrustListOpt = None,
 ) -> None:
@@ -51,47 +74,65 @@ def verify(
     images and at most --tpr of held-out target images accepted (the stricter wins). An lda source
     accepts only an image that the registry's joint model attributes to it, so verify and attribute agree.
     """
-    from occ.attribution import Attributor
+    from occ.attribution import Attributor, verify_row
 
+    fmt_out = output_format(as_json, as_csv)
     inspector = provenance_cli.scoring_inspector(provenance, trust_list)
+    apply_threads(threads)
     reg = open_registry(registry)
     if source not in reg:
         raise UsageError(f"no source named '{source}' in registry {reg.root} (enrolled: "
                          f"{', '.join(reg.names()) or 'none'})")
     reg.info(source)  # a damaged verifier.json is reported before any backbone is loaded
-    bb = backbone_for(backbone, reg, [source])
+    bb = backbone_for(backbone, reg, [source], device=device)
     attributor = Attributor.from_registry(reg, bb, [source])
     warn_if_stale(attributor)
-    failures = InputErrors(as_json)
-    rows = []
-    found = []
-    for d in attributor.run(paths, failures):
-        score, threshold = d.scores[source], d.thresholds[source]
-        accepted = source in d.accepted
-        extra, cell = {}, None
-        if inspector is not None:  # beside the verdict, read after it: it cannot change it
-            obj, cell = provenance_cli.evidence(inspector, d.path, source if accepted else None, [source])
-            extra = {"provenance": obj}
-            found.append((d.path, obj))
-        if as_json:
-            print(json.dumps({"path": d.path, "source": source, "score": round(score, 6),
-                              "threshold": round(threshold, 6), "accepted": accepted, **extra}), flush=True)
-        else:
-            rows.append((markup_path(d.path), fmt(score), fmt(threshold), "[green]yes[/green]" if accepted else "no",
-                         *([cell] if cell is not None else [])))
+    failures, rows, found, outcome = [], [], [], Counter()
+    csv_rows = CsvRows(["path", "source", "score", "threshold", "accepted"]) if fmt_out == "csv" else None
+    bar = ImageProgress(f"verifying against '{source}'", count_images(paths))
+    with bar:
+        for d in attributor.run(paths, _on_error(bar, csv_rows, as_json, failures)):
+            bar.advance()
+            row = verify_row(d, source)
+            outcome["accepted" if row["accepted"] else "rejected"] += 1
+            cell = None
+            if inspector is not None:  # beside the verdict, read after it: it cannot change it
+                obj, cell = provenance_cli.evidence(inspector, d.path, source if row["accepted"] else None, [source])
+                row["provenance"] = obj
+                found.append((d.path, obj))
+            if fmt_out == "json":
+                print(json.dumps(row), flush=True)
+            elif csv_rows:
+                csv_rows.row(dict({k: v for k, v in row.items() if k != "provenance"},
+                                  accepted=str(row["accepted"]).lower()))
+            else:
+                rows.append((markup_path(d.path), fmt(d.scores[source]), fmt(d.thresholds[source]),
+                             "[green]yes[/green]" if row["accepted"] else "no", *([cell] if cell is not None else [])))
+    summary("verify", bar.done - len(failures), len(failures), bar.seconds, outcome)
     if rows:
         print_table(f"verify against '{source}'",
                     ("image", "score", "threshold", "accepted", *(["provenance"] if inspector else [])), rows)
         provenance_cli.print_disagreements(found)
-    raise typer.Exit(1 if failures.count else 0)
+    raise typer.Exit(1 if failures else 0)
 
 
 @handle_errors
 def attribute(
     paths: PathsArg,
     as_json: PerImageJson = False,
+    as_csv: CsvOpt = False,
     registry: RegistryOpt = None,
     backbone: BackboneOpt = None,
+    threads: ThreadsOpt = None,
+    device: DeviceOpt = "cpu",
+    engine: Annotated[str, typer.Option("--engine", help="'local' (this process) or 'ray' (a pool of Ray "
+                                        "actors; needs the 'ray' extra of occ).")] = "local",
+    ray_address: Annotated[str | None, typer.Option("--ray-address", help="Ray cluster to join (engine ray; "
+                                                    "default: start a local Ray runtime).")] = None,
+    workers: Annotated[int | None, typer.Option("--workers", help="Ray actors (engine ray; default: the "
+                                                "cluster's CPUs / --threads).", show_default=False)] = None,
+    output: Annotated[Path | None, typer.Option("--output", help="Write the rows to this .parquet file instead "
+                                                "of stdout (engine ray).")] = None,
     provenance: provenance_cli.ProvenanceOpt = False,
     trust_list: provenance_cli.TrustListOpt = None,
 ) -> None:
@@ -102,13 +143,26 @@ def attribute(
     images. Sources of other kinds accept when their score reaches their threshold (see `occ verify
     --help`). Among accepting sources the highest score wins; scores (0..1) compare across sources.
     """
-    from occ.attribution import Attributor
+    from occ.attribution import Attributor, attribute_row
     from occ.sources import require_enrolled
 
+    fmt_out = output_format(as_json, as_csv)
     inspector = provenance_cli.scoring_inspector(provenance, trust_list)
+    if engine not in ("local", "ray"):
+        raise UsageError(f"unknown engine {engine!r}; choose from local, ray")
+    if engine != "ray" and (output is not None or ray_address or workers is not None):
+        raise UsageError("--output, --ray-address and --workers go with --engine ray")
+    if engine == "ray" and inspector is not None:
+        raise UsageError("--provenance goes with the local engine")
     reg = open_registry(registry)
     require_enrolled(reg)  # before loading (perhaps fetching) a backbone
-    bb = backbone_for(backbone, reg)
+    if engine == "ray":
+        from occ.cli.batch import attribute_on_ray
+
+        attribute_on_ray(paths, reg, fmt_out, backbone=backbone, threads=threads, device=device,
+                         address=ray_address, workers=workers, output=output)
+    apply_threads(threads)
+    bb = backbone_for(backbone, reg, device=device)
     skipped = []
 
     def on_skip(name, exc):
@@ -117,25 +171,50 @@ def attribute(
 
     attributor = Attributor.from_registry(reg, bb, on_skip=on_skip)
     warn_if_stale(attributor)
-    failures = InputErrors(as_json)
-    rows = []
-    found = []
-    for d in attributor.run(paths, failures):
-        extra, cell = {}, None
-        if inspector is not None:  # beside the verdict, read after it: it cannot change it
-            obj, cell = provenance_cli.evidence(inspector, d.path, d.source, list(attributor.verifiers))
-            extra = {"provenance": obj}
-            found.append((d.path, obj))
-        if as_json:
-            print(json.dumps({"path": d.path, "source": d.source,
-                              "scores": {k: round(v, 6) for k, v in d.scores.items()},
-                              "accepted": d.accepted, **extra}), flush=True)
-        else:
-            best = max(d.scores.items(), key=lambda kv: kv[1])
-            rows.append((markup_path(d.path), d.source or "[dim]unknown[/dim]", f"{best[0]} {fmt(best[1])}",
-                         ", ".join(d.accepted) or "-", *([cell] if cell is not None else [])))
+    failures, rows, found, outcome = [], [], [], Counter()
+    names = list(attributor.verifiers)
+    csv_rows = CsvRows(attribute_csv_columns(names)) if fmt_out == "csv" else None
+    bar = ImageProgress(f"attributing over {len(names)} source(s)", count_images(paths))
+    with bar:
+        for d in attributor.run(paths, _on_error(bar, csv_rows, as_json, failures)):
+            bar.advance()
+            row = attribute_row(d)
+            outcome[d.source or "unknown"] += 1
+            cell = None
+            if inspector is not None:  # beside the verdict, read after it: it cannot change it
+                row["provenance"], cell = provenance_cli.evidence(inspector, d.path, d.source, names)
+                found.append((d.path, row["provenance"]))
+            if fmt_out == "json":
+                print(json.dumps(row), flush=True)
+            elif csv_rows:
+                csv_rows.row(attribute_csv_row(row))
+            else:
+                rows.append((row, cell))
+    summary("attribute", bar.done - len(failures), len(failures), bar.seconds, outcome)
     if rows:
-        print_table(f"attribution over {len(attributor.verifiers)} source(s)",
-                    ("image", "source", "best score", "accepted by", *(["provenance"] if inspector else [])), rows)
+        print_attribution_table([r for r, _ in rows], len(names), [c for _, c in rows] if inspector else None)
         provenance_cli.print_disagreements(found)
-    raise typer.Exit(1 if failures.count or skipped else 0)
+    raise typer.Exit(1 if failures or skipped else 0)
+
+
+def print_attribution_table(rows: list[dict], n_sources: int, provenance_cells: list | None = None) -> None:
+    """``attribute --json`` objects as a table on stdout (nothing when there are none)."""
+    if not rows:
+        return
+    cells = []
+    for i, row in enumerate(rows):
+        best = max(row["scores"].items(), key=lambda kv: kv[1])
+        cells.append((markup_path(row["path"]), row["source"] or "[dim]unknown[/dim]", f"{best[0]} {fmt(best[1])}",
+                      ", ".join(row["accepted"]) or "-", *([provenance_cells[i]] if provenance_cells else [])))
+    print_table(f"attribution over {n_sources} source(s)",
+                ("image", "source", "best score", "accepted by", *(["provenance"] if provenance_cells else [])), cells)
+
+
+def attribute_csv_columns(sources) -> list[str]:
+    return ["path", "source", "accepted", *(f"score:{name}" for name in sources)]
+
+
+def attribute_csv_row(row: dict) -> dict:
+    """An ``attribute --json`` object as a CSV row (accepted sources joined by ';', best first)."""
+    return {"path": row["path"], "source": row["source"] or "unknown", "accepted": ";".join(row["accepted"]),
+            **{f"score:{k}": v for k, v in row["scores"].items()}}

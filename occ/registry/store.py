@@ -129,6 +129,18 @@ class Registry:
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
 
+    def versions(self) -> dict[str, str | None]:
+        """The committed version of every source, ``{name: version}`` (None where ``CURRENT`` cannot be
+        read). Cheap (no verifier file is read), so a long-running reader can notice that a source was
+        enrolled, replaced or removed by another process."""
+        out: dict[str, str | None] = {}
+        for name in self.names():
+            try:
+                out[name] = self._read_current(name)
+            except OccError:
+                out[name] = None
+        return out
+
     def info(self, name: str) -> SourceRecord:
         """The verified ``verifier.json`` of ``name`` (tensors are not read)."""
         return self._read(name, with_tensors=False).record

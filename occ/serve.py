@@ -1,0 +1,253 @@
+"""``occ serve``: one long-lived HTTP service (FastAPI on uvicorn; the ``serve`` extra of occ).
+
+The backbone loads once; the registry's verifiers load on the first request and again whenever the
+registry changes (a source enrolled, replaced or removed by another process: :meth:`Registry.versions`
+is compared on every request, which reads one small file per source). Endpoints:
+
+* ``GET /healthz``: ``{"status": "ok", "backbone": fingerprint, "sources": n}``;
+* ``GET /v1/sources``: one object per enrolled source (``name``, ``kind``, ``threshold``, ``n_target``;
+  ``name`` and ``error`` for a source that cannot be used);
+* ``POST /v1/verify?source=NAME`` and ``POST /v1/attribute``: one or more images as multipart field
+  ``image``; the answer is a JSON array with one object per image, in upload order, the same objects
+  as ``occ verify/attribute --json`` (``path`` is the uploaded file name), ``{"path", "error"}`` for an
+  image that cannot be used.
+
+Limits (:class:`Limits`): bytes per image, images per request (and so bytes per request, counted as the body
+arrives: FastAPI's ``max_body_size``), declared pixels per image (checked before decoding).
+A bad image is that image's error, never the request's. Scoring holds one lock, so concurrent requests
+queue for the backbone instead of oversubscribing the cores. With a token, ``/v1/*`` needs
+``Authorization: Bearer TOKEN``; binding anything but loopback without a token is refused
+(:func:`check_bind`). FastAPI serves the OpenAPI description at ``/docs`` and ``/openapi.json``.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import hmac
+import ipaddress
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import Depends, FastAPI, File, HTTPException, Query, Request, UploadFile
+
+from occ.attribution import Attributor, attribute_row, error_row, verify_row
+from occ.backbones.base import Backbone
+from occ.errors import ImageError, OccError, RegistryError, UsageError
+from occ.features import FeatureExtractor
+from occ.images import ImageFile
+from occ.registry import Registry
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8000
+TOKEN_ENV = "OCC_SERVE_TOKEN"
+_MULTIPART_SLACK = 64 * 2**10  # headers and boundaries per uploaded part
+Images = Annotated[list[UploadFile], File(description="One or more images (multipart field `image`).")]
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may carry."""
+
+    max_image_bytes: int = 32 * 2**20
+    max_images: int = 64
+    max_pixels: int = 50_000_000
+
+    def __post_init__(self):
+        for name in ("max_image_bytes", "max_images", "max_pixels"):
+            if int(getattr(self, name)) < 1:
+                raise UsageError(f"serve limit {name} must be >= 1, got {getattr(self, name)}")
+
+    @property
+    def max_request_bytes(self) -> int:
+        return self.max_images * (self.max_image_bytes + _MULTIPART_SLACK)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_bind(host: str, token: str | None) -> None:
+    """Refuse to listen beyond loopback without a bearer token."""
+    if not is_loopback(host) and not token:
+        raise UsageError(f"serving on {host} (not loopback) needs a bearer token: pass --token or set {TOKEN_ENV}")
+
+
+class Service:
+    """The loaded backbone plus the registry's verifiers, reloaded when the registry changes."""
+
+    def __init__(self, registry: Registry, backbone: Backbone, limits: Limits | None = None):
+        self.registry = registry
+        self.backbone = backbone
+        self.limits = limits or Limits()
+        self._state_lock = threading.Lock()
+        self._compute_lock = threading.Lock()
+        self._versions: dict | None = None
+        self._attributor: Attributor | None = None
+        self._skipped: dict[str, str] = {}
+        self._extractor = FeatureExtractor(backbone, max_pixels=self.limits.max_pixels)
+
+    def state(self) -> tuple[Attributor | None, dict[str, str]]:
+        """(attributor over every usable source or None when there is none, {unusable source: reason})."""
+        versions = self.registry.versions()
+        with self._state_lock:
+            if versions != self._versions:
+                skipped: dict[str, str] = {}
+                try:  # every usable source, lda ones decided by the registry's joint model
+                    self._attributor = Attributor.from_registry(
+                        self.registry, self.backbone, list(versions), extractor=self._extractor,
+                        on_skip=lambda name, exc: skipped.__setitem__(name, str(exc))) if versions else None
+                except RegistryError:  # none of them can be used (each is in skipped)
+                    self._attributor = None
+                self._skipped, self._versions = skipped, versions
+            return self._attributor, self._skipped
+
+    def score(self, attributor: Attributor, items: list[ImageFile | ImageError]) -> list[tuple[str, object]]:
+        """("decision", Decision) or ("error", ImageError) per item, in order."""
+        results: list = [None] * len(items)
+        files = []
+        for i, item in enumerate(items):
+            if isinstance(item, ImageError):
+                results[i] = ("error", item)
+            else:
+                files.append(item)
+
+        def on_error(exc: ImageError) -> None:
+            results[int(exc.path)] = ("error", exc)
+
+        with self._compute_lock:
+            for decision in attributor.run_files(files, on_error):
+                results[int(decision.path)] = ("decision", decision)
+        return results
+
+
+def read_uploads(uploads: list[UploadFile], limits: Limits) -> tuple[list[str], list[ImageFile | ImageError]]:
+    """(file names, an ImageFile or ImageError per upload). ImageFile paths are the upload's index."""
+    if len(uploads) > limits.max_images:
+        raise HTTPException(413, f"at most {limits.max_images} images per request, got {len(uploads)}")
+    names, items = [], []
+    for i, upload in enumerate(uploads):
+        name = upload.filename or f"image-{i}"
+        names.append(name)
+        data = upload.file.read(limits.max_image_bytes + 1)
+        if len(data) > limits.max_image_bytes:
+            items.append(ImageError(i, f"upload too large (over {limits.max_image_bytes} bytes)"))
+        elif not data:
+            items.append(ImageError(i, "empty upload"))
+        else:
+            items.append(ImageFile(Path(str(i)), hashlib.sha256(data).hexdigest(), data))
+    return names, items
+
+
+def create_app(service: Service, token: str | None = None) -> FastAPI:
+    """The FastAPI application over ``service``; ``token`` protects ``/v1/*``."""
+    from occ import __version__
+
+    limits = service.limits
+    # max_body_size: FastAPI counts the bytes as they arrive (chunked uploads too) and answers 413.
+    app = FastAPI(title="occ", version=__version__, max_body_size=limits.max_request_bytes,
+                  description="Which generator made this image? Verify against one enrolled source or "
+                              "attribute over all of them.")
+
+    def _authorised(request: Request) -> None:
+        if token is None:
+            return
+        given = request.headers.get("authorization", "")
+        scheme, _, value = given.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), token.encode()):
+            raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+
+    auth = [Depends(_authorised)]
+
+    def _attributor() -> tuple[Attributor, dict[str, str]]:
+        try:
+            attributor, skipped = service.state()
+        except OccError as exc:
+            raise HTTPException(503, str(exc)) from None
+        if attributor is None:
+            reason = "; ".join(f"{k}: {v}" for k, v in skipped.items()) or "enroll a source first"
+            raise HTTPException(409, f"no usable source in registry {service.registry.root} ({reason})")
+        return attributor, skipped
+
+    def _answer(names, results, row: Callable) -> list[dict]:
+        out = []
+        for name, (kind, value) in zip(names, results):
+            item = row(value) if kind == "decision" else error_row(value)
+            item["path"] = name
+            out.append(item)
+        return out
+
+    @app.get("/healthz")
+    def healthz() -> dict:
+        try:
+            attributor, _ = service.state()
+        except OccError as exc:
+            raise HTTPException(503, str(exc)) from None
+        return {"status": "ok", "backbone": service.backbone.fingerprint,
+                "sources": len(attributor.verifiers) if attributor else 0}
+
+    @app.get("/v1/sources", dependencies=auth)
+    def sources() -> list[dict]:
+        try:
+            attributor, skipped = service.state()
+        except OccError as exc:
+            raise HTTPException(503, str(exc)) from None
+        verifiers = attributor.verifiers if attributor else {}
+        rows = [{"name": n, "kind": v.kind, "threshold": round(v.threshold, 6), "n_target": v.n_pos_}
+                for n, v in verifiers.items()]
+        rows += [{"name": n, "error": reason} for n, reason in skipped.items()]
+        return sorted(rows, key=lambda r: r["name"])
+
+    @app.post("/v1/verify", dependencies=auth)
+    def verify(image: Images, source: Annotated[str, Query(description="An enrolled source.")]) -> list[dict]:
+        attributor, skipped = _attributor()
+        if source in skipped:
+            raise HTTPException(409, f"source '{source}' cannot be used: {skipped[source]}")
+        if source not in attributor.verifiers:
+            raise HTTPException(404, f"no source named '{source}' (enrolled: "
+                                     f"{', '.join(attributor.verifiers) or 'none'})")
+        one = Attributor({source: attributor.verifiers[source]}, service.backbone, attributor.extractor)
+        names, items = read_uploads(image, limits)
+        return _answer(names, service.score(one, items), lambda d: verify_row(d, source))
+
+    @app.post("/v1/attribute", dependencies=auth)
+    def attribute(image: Images) -> list[dict]:
+        attributor, _ = _attributor()
+        names, items = read_uploads(image, limits)
+        return _answer(names, service.score(attributor, items), attribute_row)
+
+    return app
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket on (host, port); port 0 picks a free one (read it back with getsockname)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    sock.listen(128)
+    return sock
+
+
+def server(app: FastAPI, log_level: str = "warning"):
+    """A uvicorn server for ``app`` whose logs (access log included) go to stderr."""
+    import uvicorn
+    from uvicorn.config import LOGGING_CONFIG
+
+    log_config = copy.deepcopy(LOGGING_CONFIG)
+    for handler in log_config["handlers"].values():
+        handler["stream"] = "ext://sys.stderr"
+    return uvicorn.Server(uvicorn.Config(app, log_level=log_level, log_config=log_config))

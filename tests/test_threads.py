@@ -1,0 +1,60 @@
+"""Thread counts (issue 14): one number for torch, onnxruntime and BLAS (:mod:`occ.threads`)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from threadpoolctl import threadpool_info
+
+from occ import threads
+from occ.errors import UsageError
+
+
+@pytest.fixture
+def restore():
+    yield
+    threads.apply(int(os.environ["OCC_NUM_THREADS"]))  # conftest's count for the rest of the session
+
+
+def test_default_leaves_cores_that_others_keep_busy() -> None:
+    assert threads.default_threads(cpus=4, load=0.0) == 4
+    assert threads.default_threads(cpus=4, load=1.2) == 3
+    assert threads.default_threads(cpus=4, load=1.6) == 2
+    assert threads.default_threads(cpus=2, load=7.0) == 1  # never below one
+    assert 1 <= threads.default_threads() <= threads.usable_cpus()
+
+
+def test_resolve_option_then_environment_then_default(monkeypatch) -> None:
+    monkeypatch.setenv("OCC_NUM_THREADS", "3")
+    assert threads.resolve(5) == 5
+    assert threads.resolve() == 3
+    monkeypatch.delenv("OCC_NUM_THREADS")
+    assert threads.resolve() == threads.default_threads()
+    for bad in ("0", "-2", "two", "1.5"):
+        monkeypatch.setenv("OCC_NUM_THREADS", bad)
+        with pytest.raises(UsageError, match="OCC_NUM_THREADS: thread count must be"):
+            threads.resolve()
+    with pytest.raises(UsageError, match="--threads"):
+        threads.resolve(0)
+
+
+def test_apply_sets_torch_blas_and_the_environment(restore) -> None:
+    assert threads.apply(3) == 3
+    assert torch.get_num_threads() == 3
+    assert os.environ["OMP_NUM_THREADS"] == "3" and os.environ["MKL_NUM_THREADS"] == "3"
+    pools = threadpool_info()
+    assert pools and all(p["num_threads"] == 3 for p in pools), pools
+    assert threads.current() == 3
+    threads.apply(1)
+    assert torch.get_num_threads() == 1 and all(p["num_threads"] == 1 for p in threadpool_info())
+
+
+def test_onnx_options_take_the_count_and_never_spin(restore) -> None:
+    threads.apply(2)
+    options = threads.onnx_session_options()
+    assert options.intra_op_num_threads == 2 and options.inter_op_num_threads == 1
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert options.get_session_config_entry("session.inter_op.allow_spinning") == "0"
+    assert threads.onnx_session_options(4).intra_op_num_threads == 4
