@@ -24,6 +24,6 @@ show $OCC attribute images/check
 # 4. The same as JSON lines, for scripts.
 show $OCC attribute images/check --json
 # 5. Share a verifier: export it to one file, import it under another name.
-show $OCC export toy "$OCC_REGISTRY/../toy.occ.zip" 2>/dev/null || true
+show $OCC export toy "$OCC_REGISTRY/../toy.occ.zip" --replace || exit 1
 show $OCC import "$OCC_REGISTRY/../toy.occ.zip" --as toy-copy --replace
 show $OCC sources

@@ -233,3 +233,14 @@ def test_verify_and_attribute_agree(tmp_path, images, tiny_vision_dir, tiny_visi
         ver = [json.loads(line) for line in invoke("verify", *tests, "--source", name, "--registry", reg.root,
                                                    "--json").stdout.splitlines()]
         assert [v["accepted"] for v in ver] == [a["source"] == name for a in att]
+
+
+def test_importing_a_copy_under_another_name_is_reported(tmp_path, images, tiny_vision_dir):
+    reg = tmp_path / "r"
+    assert invoke("enroll", "noise", images["noise"][0], "--registry", reg, "--backbone", tiny_vision_dir).code == 0
+    archive = tmp_path / "noise.occ.zip"
+    assert invoke("export", "noise", archive, "--registry", reg).code == 0
+    run = invoke("import", archive, "--as", "again", "--registry", reg)
+    assert run.code == 0, run
+    assert "8 of its training images are also training images of source 'noise'" in run.stderr
+    assert "refitted over 2 source(s) (again, noise)" in run.stderr

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from occ.cli.common import RegistryOpt, err, handle_errors, markup_path, open_registry
+from occ.cli.common import RegistryOpt, err, handle_errors, markup_path, open_registry, warn
 
 
 @handle_errors
@@ -33,6 +33,11 @@ def import_cmd(
     from occ.cli.refit import refit_registry
 
     reg = open_registry(registry)
+    from occ.enrollment import training_overlaps
+
     record = reg.import_file(file, as_name=as_name, replace=replace)
     err.print(f"imported '{record.name}'", markup=False)
+    shas = set(record.meta.get("training_images", []))
+    for other, n in training_overlaps(reg, record.name, shas).items():
+        warn(f"{n} of its training images are also training images of source '{other}'")
     refit_registry(reg, None)
