@@ -26,7 +26,8 @@ from occ.features import FeatureExtractor, Features
 from occ.negatives import bank_paths
 from occ.openset import BANK_KEY
 from occ.registry import Registry, SourceRecord
-from occ.verifier import Verifier, enrolled_on
+from occ.sources import enrolled_on
+from occ.verifier import Verifier
 
 Progress = Callable[[str, int, int], None]
 MIN_SHOTS = 5  # fewer target images than this: the enrollment summary warns

@@ -23,9 +23,12 @@ import io
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-from PIL import Image, ImageFilter
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 DEFAULT_BLOCKS = (4, 5, 6, 7, 8, 9, 10)  # of a 12-block tower; other depths: the same band, scaled
 DEFAULT_VIEWS = 1  # laundered copies per training image, besides the image itself
@@ -59,6 +62,8 @@ class LaunderedView:
         return f"launder-v1:{self.seed}:{self.index}"
 
     def apply(self, image: Image.Image) -> Image.Image:
+        from PIL import Image, ImageFilter
+
         digest = hashlib.sha256(self.label.encode() + image.tobytes()).digest()
         rng = random.Random(int.from_bytes(digest[:8], "big"))
         image = image.convert("RGB")

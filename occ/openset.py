@@ -23,15 +23,20 @@ import os
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from occ.backbones.base import Backbone
 from occ.errors import OccError, RegistryError, UsageError, first_line
 from occ.evidence import DEFAULT_VIEWS, default_blocks, evidence, training_views
 from occ.joint import DEFAULT_DIMS, ClassRows, JointModel
-from occ.verifier import EVIDENCE_PREFIX
+
+if TYPE_CHECKING:  # (torch only where tensors are made: `occ sources` reads the stored model without it)
+    import torch
+
+    from occ.backbones.base import Backbone
+
+EVIDENCE_PREFIX = "evidence."  # a source's stored training evidence in its safetensors (not part of its head)
 
 JOINT_PREFIX = "joint-"  # <registry>/joint-<backbone key>.safetensors: one model per backbone
 JOINT_FORMAT = "occ-joint-v1"
@@ -63,6 +68,8 @@ class JointSettings:
 def view_rows(extractor, paths: Sequence, views: int, seed: int, on_error=None) -> tuple[np.ndarray, np.ndarray]:
     """CLS tokens of every training view of the images under ``paths`` (image itself + ``views``
     laundered copies), with the image index of each row. Images unreadable in any view are dropped."""
+    import torch
+
     per_view = []
     for transform in training_views(seed, views):
         feats = extractor.load(paths, (), on_error if transform is None else None, transform)
@@ -79,6 +86,8 @@ def view_rows(extractor, paths: Sequence, views: int, seed: int, on_error=None) 
 def evidence_tensors(pos: tuple[np.ndarray, np.ndarray],
                      neg: tuple[np.ndarray, np.ndarray] | None) -> dict[str, torch.Tensor]:
     """What a source stores for refits (see the module docstring)."""
+    import torch
+
     if neg is None:
         neg = (np.zeros((0, *pos[0].shape[1:]), np.float16), np.zeros(0, np.int64))
     arrays = (np.ascontiguousarray(pos[0], np.float16), np.ascontiguousarray(pos[1], np.int64),
@@ -88,7 +97,7 @@ def evidence_tensors(pos: tuple[np.ndarray, np.ndarray],
 
 def _joint_sources(registry, backbone: Backbone, on_skip=None):
     """(name -> (version, tensors, meta)) of the usable ``lda`` sources made on ``backbone``."""
-    from occ.verifier import enrolled_on
+    from occ.sources import enrolled_on
 
     out = {}
     for name in registry.names():
@@ -258,7 +267,7 @@ def rethreshold(registry, name: str, far: float | None, target_tpr: float | None
     re-choose its threshold in the stored joint model from that model's held-out scores, and record the
     source's new version, without refitting (no backbone needed). Returns False when there is no stored
     model that matched the registry before the change (the next use refits)."""
-    from occ.verifier import enrolled_on
+    from occ.sources import enrolled_on
 
     stored = _stored(registry, enrolled_on(registry.info(name).meta) or "")
     if stored is None or stored[1]["sources"].get(name) != old_version:
@@ -291,7 +300,7 @@ def joint_backbones(registry) -> dict[str | None, list[str]]:
 def stored_calibration(registry, name: str):
     """The calibration the joint model decides source ``name`` with, when the stored model of its backbone
     matches the registry's current version of it; else None (no backbone needed)."""
-    from occ.verifier import enrolled_on
+    from occ.sources import enrolled_on
 
     record = registry.info(name)
     stored = _stored(registry, enrolled_on(record.meta) or "")

@@ -16,6 +16,12 @@ from occ.errors import OccError, RegistryError, UsageError
 _NOT_SHOWN = ("calibration", "training_images", "checksum", "files")
 
 
+def enrolled_on(meta: dict) -> str | None:
+    """The backbone fingerprint a saved verifier (its ``verifier.json``) was fitted on."""
+    fingerprint = meta.get("backbone_fingerprint")
+    return fingerprint if isinstance(fingerprint, str) else None
+
+
 def require_enrolled(registry) -> None:
     """UsageError when ``registry`` has no source (checked before a backbone is loaded, perhaps fetched)."""
     if len(registry) == 0:

@@ -31,22 +31,17 @@ from occ.calibration import Calibration
 from occ.config import KINDS, VerifierConfig
 from occ.errors import RegistryError, UsageError, first_line
 from occ.heads import Head, TrunkBatch
+from occ.openset import EVIDENCE_PREFIX
 from occ.registry.schema import META_FILE, TENSOR_FILE
+from occ.sources import enrolled_on
 
 VERIFIER_FORMAT = "occ-verifier"
-EVIDENCE_PREFIX = "evidence."  # stored training evidence (occ.openset), not part of the head
 # The keys of verifier.json the verifier writes; every other key is provenance, kept as it is.
 OWN_KEYS = ("format", "kind", "template", "settings", "folds", "views", "calibration", "backbone_fingerprint",
             "n_target", "n_nontarget", "fit_seconds")
 
 Progress = Callable[[str, int, int], None]
 Features = Trunk | TrunkBatch
-
-
-def enrolled_on(meta: dict) -> str | None:
-    """The backbone fingerprint a saved verifier (its ``verifier.json``) was fitted on."""
-    fingerprint = meta.get("backbone_fingerprint")
-    return fingerprint if isinstance(fingerprint, str) else None
 
 
 def check_backbone(meta: dict, backbone: Backbone, name: str) -> None:

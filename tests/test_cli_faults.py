@@ -53,6 +53,9 @@ def seed_of(reg: Path, name: str) -> int:
     return json.loads(run.stdout)["settings"]["seed"]
 
 
+STALE = "stored joint model does not match its sources"
+
+
 def assert_registry_healthy(w, reg: Path, expected: set[str]) -> list[str]:
     """``occ sources`` lists only usable sources; ``occ attribute`` uses them all without complaint."""
     listing = invoke("sources", "--registry", reg)
@@ -60,7 +63,8 @@ def assert_registry_healthy(w, reg: Path, expected: set[str]) -> list[str]:
     names = [n for n in ("a", "b", "fresh", "p1", "p2") if f"│ {n} " in listing.stdout]
     assert expected <= set(names), (names, listing)
     run = invoke("attribute", w.a_test, w.b_test, "--registry", reg, "--json")
-    assert run.code == 0 and run.err_lines == [], run
+    # (a kill between storing a source and refitting the joint model leaves it stale: said, and refitted)
+    assert run.code == 0 and [e for e in run.err_lines if STALE not in e] == [], run
     for row in run.json():
         check_attribute_row(row, names)
     return names
@@ -169,7 +173,8 @@ def test_two_processes_enroll_while_attribute_reads(w, tmp_path) -> None:
         deadline = time.monotonic() + 240
         while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
             run = invoke("attribute", w.a_test, w.b_test, "--registry", reg, "--json")
-            assert run.code == 0 and run.err_lines == [], run  # never a half-written or missing verifier
+            # never a half-written or missing verifier (a joint model not yet refitted is said and refitted)
+            assert run.code == 0 and [e for e in run.err_lines if STALE not in e] == [], run
             rows = run.json()
             assert len(rows) == 12
             names = sorted(rows[0]["scores"])

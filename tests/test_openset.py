@@ -212,7 +212,8 @@ def test_remove_refits_without_the_source(tmp_path, images, tiny_vision_dir, tin
     assert not joint_path(reg, tiny_vision_backbone.fingerprint).exists()
 
 
-def test_refit_command_stores_a_matching_model(tmp_path, images, tiny_vision_dir, tiny_vision_backbone):
+def test_refit_command_stores_a_matching_model(tmp_path, images, tiny_vision_dir, tiny_vision_backbone,
+                                              other_clip_dir):
     reg = _enroll_all(tmp_path / "r", ["noise", "grad"], images, tiny_vision_backbone)
     joint_path(reg, tiny_vision_backbone.fingerprint).unlink()
     assert joint_for(reg, tiny_vision_backbone)[1] is False  # nothing stored: fitted in memory, not "stale"
@@ -220,6 +221,9 @@ def test_refit_command_stores_a_matching_model(tmp_path, images, tiny_vision_dir
     assert run.code == 0, run
     assert "refitted over 2 source(s) (grad, noise)" in run.stderr
     assert joint_path(reg, tiny_vision_backbone.fingerprint).exists()
+    # --backbone picks the backbone whose sources are refitted: none were enrolled on another one
+    run = invoke("refit", "--registry", reg.root, "--backbone", other_clip_dir)
+    assert run.code == 0 and "nothing to refit" in run.stderr, run
 
 
 def test_verify_and_attribute_agree(tmp_path, images, tiny_vision_dir, tiny_vision_backbone):

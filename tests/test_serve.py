@@ -99,7 +99,7 @@ def test_healthz_and_sources(served, tiny_backbone) -> None:
     assert status == 200 and body == {"status": "ok", "backbone": tiny_backbone.fingerprint, "sources": 2}
     status, body = http("GET", f"{url}/v1/sources")
     assert status == 200 and [s["name"] for s in body] == ["a", "b"]
-    assert all(s["kind"] == "text" and 0 < s["threshold"] < 1 and s["n_target"] == 8 for s in body), body
+    assert all(s["kind"] == "lda" and 0 < s["threshold"] < 1 and s["n_target"] == 8 for s in body), body
     status, body = http("GET", f"{url}/openapi.json")
     assert status == 200 and {"/v1/verify", "/v1/attribute", "/v1/sources", "/healthz"} <= set(body["paths"])
 

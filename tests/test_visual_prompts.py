@@ -165,7 +165,7 @@ def test_folded_prompt_terms_are_kept_until_the_prompts_change(tiny_vision_backb
     # Scoring batch after batch reuses a source's projected prompt terms (issue 14: 100 sources on cached
     # images); a change to any learned tensor (training, load_state_dict) recomputes them.
     from occ.backbones.base import Trunk
-    from occ.verifier import _VisualAdapter
+    from occ.heads import TrunkBatch
 
     head = VisualPrompts(tiny_vision_backbone, PromptTemplate.load("visual-mid-attn"), torch.Generator().manual_seed(3))
     with torch.no_grad():
@@ -173,23 +173,25 @@ def test_folded_prompt_terms_are_kept_until_the_prompts_change(tiny_vision_backb
     b = head.first
     trunk = Trunk(torch.stack(hidden, 1)[:, :, 0], torch.zeros(3, 4),
                   {b: patch_keys_values(tiny_vision_backbone.block(b), hidden[b]).half()})
-    adapter = _VisualAdapter(head, tiny_vision_backbone)
+
+    def raw():  # a new batch each time, as the attributor makes one per batch
+        return head.raw(TrunkBatch(trunk, tiny_vision_backbone))
 
     def exact():
         with torch.no_grad():
-            logits = adapter.logits(adapter.from_trunk(trunk))
+            logits = head.logits(head.inputs(TrunkBatch(trunk, tiny_vision_backbone)))
         return logits[:, 1] - logits[:, 0]
 
     with torch.no_grad():
-        first = adapter.raw(trunk)
+        first = raw()
         kept = head._folded()
         assert head._folded() is kept  # not recomputed
-        torch.testing.assert_close(adapter.raw(trunk), first)
+        torch.testing.assert_close(raw(), first)
         head.prompt.add_(torch.randn(head.prompt.shape, generator=torch.Generator().manual_seed(4)))
         assert head._folded() is not kept
-        torch.testing.assert_close(adapter.raw(trunk), exact(), rtol=1e-4, atol=1e-4)
-        assert not torch.allclose(adapter.raw(trunk), first)
+        torch.testing.assert_close(raw(), exact(), rtol=1e-4, atol=1e-4)
+        assert not torch.allclose(raw(), first)
         state = {k: v.clone() for k, v in head.state_dict().items()}
         state["bias"] += 1.0
         head.load_state_dict(state)
-        torch.testing.assert_close(adapter.raw(trunk), exact(), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(raw(), exact(), rtol=1e-4, atol=1e-4)
