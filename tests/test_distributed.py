@@ -59,7 +59,16 @@ def test_rows_in_input_order_with_per_row_errors(ray_runtime, w, inputs, plain, 
     assert rows[-2]["error"] == "not an image (unrecognised content)"
     for row in rows[:-3] + rows[-1:]:
         check_attribute_row(row, ["a", "b"])
-    assert by_path(rows) == by_path(plain)  # the same answers as the plain engine
+    # the same answers as the plain engine (scores to float rounding: the joint model's matrix products
+    # run on other thread counts in the actors)
+    ours, theirs = by_path(rows), by_path(plain)
+    assert ours.keys() == theirs.keys()
+    for key, row in ours.items():
+        other = theirs[key]
+        assert {k: v for k, v in row.items() if k != "scores"} == {k: v for k, v in other.items() if k != "scores"}
+        assert row.get("scores", {}).keys() == other.get("scores", {}).keys()
+        for name, score in row.get("scores", {}).items():
+            assert score == pytest.approx(other["scores"][name], abs=1e-5)
 
 
 def test_a_ray_dataset_of_paths_and_parquet_output(ray_runtime, w, tiny_clip_dir, tmp_path, plain) -> None:
