@@ -342,7 +342,7 @@ def test_end_to_end_on_the_embedded_backbone(embedded_cache_dir, tmp_path, monke
     reg = tmp_path / "reg"
     # 3 steps per model keep this near a minute on a 2-core CPU (training dominates) and already
     # separate the example images.
-    run = invoke("enroll", "toy", examples / "toy", "--registry", reg, "--steps", "3")
+    run = invoke("enroll", "toy", examples / "toy", "--registry", reg)
     assert run.code == 0, run
     assert "enrolled 'toy'" in run.stdout
     assert invoke("sources", "--registry", reg).code == 0
