@@ -15,8 +15,9 @@ registry, ``occ.openset.refit``, ``occ.attribution.Attributor``):
   each, drawn by prompt group (test images come from other prompts); the fold's other generators
   (including ones sharing prompts with the enrolled ones), its unknown-only generators and its real
   photos are the unknowns. Sources are enrolled in a random order;
-* candidates: the joint model's principal directions (64 / 128 / 256) and the TPR rule (0.90 / 0.95),
-  with one laundered training view per image. Selection maximises open-set AUROC plus the mean of
+* candidates: the joint model's principal directions (64 / 128 / 256), the TPR rule (0.90 / 0.95) and
+  the threshold floor (none / margin >= 0, ``occ.joint`` point 5) and the number of laundered training
+  views per image (1 / 2, for the shots and the bank alike). Selection maximises open-set AUROC plus the mean of
   known-correct and unknown-rejected rates on the validation fold;
 * reported on the other fold, beside baselines measured on the same draws and features: logistic
   regression (class-balanced, C=1, standardised) on the final embedding and on the best block's CLS
@@ -53,9 +54,10 @@ FOLDS = {
                      "cnndet-stargan", "cnndet-stylegan", "cpondoc-dalle2"],
           "unknown": ["dif-dallemini", "dif-mj", "dif-sd21"], "real": ["real-dif", "real-cnndet"]},
 }
-VIEWS = (1,)  # laundered views per shot: chosen in an exploratory study (see bench/README.md)
+VIEWS = (1, 2)  # laundered views per training image (the shots and the bank alike)
 DIMS = (64, 128, 256)
 TPRS = (0.90, 0.95)
+MIN_MARGINS = (None, 0.0)  # the joint model's threshold floor (occ.joint, point 5): none, or margin >= 0
 
 
 def normalise_devset() -> dict[str, list[tuple[Path, str]]]:
@@ -239,8 +241,8 @@ def baselines(d, extractor, seed):
 # -- driver -----------------------------------------------------------------------------------------
 
 
-def run_candidates(d, backbone, extractor, seed, views_list, dims_list, tprs, with_prompt=False, order_check=False,
-                   launder=False):
+def run_candidates(d, backbone, extractor, seed, views_list, dims_list, tprs, floors, with_prompt=False,
+                   order_check=False, launder=False):
     from occ.config import VerifierConfig
     from occ.openset import JointSettings, refit
     from occ.perturb import parse_perturb_spec
@@ -256,11 +258,12 @@ def run_candidates(d, backbone, extractor, seed, views_list, dims_list, tprs, wi
             for tpr in tprs:
                 for name in d["known"]:
                     set_threshold(registry, name, target_tpr=tpr)
-                for dims in dims_list:
-                    refit(registry, backbone, extractor=extractor, settings=JointSettings(dims=dims, seed=seed))
+                for dims, floor in ((dims, floor) for dims in dims_list for floor in floors):
+                    settings = JointSettings(dims=dims, seed=seed, min_margin=floor, bank_views=views)
+                    refit(registry, backbone, extractor=extractor, settings=settings)
                     dec = {x.path: x for x in decisions(registry, backbone, extractor, paths)}
-                    row = {"method": "lda", "views": views, "dims": dims, "target_tpr": tpr, **metrics(d, dec),
-                           "enroll_seconds": t_enroll}
+                    row = {"method": "lda", "views": views, "dims": dims, "target_tpr": tpr, "min_margin": floor,
+                           **metrics(d, dec), "enroll_seconds": t_enroll}
                     if launder:
                         row["own_accept_clean"] = own_accept(d, dec)
                         kp = [p for s in d["known"] for p in d["tests"][s]]
@@ -273,7 +276,7 @@ def run_candidates(d, backbone, extractor, seed, views_list, dims_list, tprs, wi
                             reg2, _ = enroll_all(Path(tmp2) / "reg", d, cfg, backbone, extractor, order=other)
                             for name in d["known"]:
                                 set_threshold(reg2, name, target_tpr=tpr)
-                            refit(reg2, backbone, extractor=extractor, settings=JointSettings(dims=dims, seed=seed))
+                            refit(reg2, backbone, extractor=extractor, settings=settings)
                             dec2 = {x.path: x for x in decisions(reg2, backbone, extractor, paths)}
                         row["order_same_decision"] = float(np.mean([dec[k].source == dec2[k].source for k in dec]))
                         row["order_max_score_diff"] = float(max(abs(dec[k].scores[n] - dec2[k].scores[n])
@@ -315,23 +318,23 @@ def main():
         val_rows = []
         for seed in range(args.seeds):
             d = draw(data, val, seed, args.known, args.shots)
-            rows = run_candidates(d, backbone, extractor, seed, VIEWS, DIMS, TPRS)
+            rows = run_candidates(d, backbone, extractor, seed, VIEWS, DIMS, TPRS, MIN_MARGINS)
             val_rows += [r | {"seed": seed} for r in rows]
             print(f"validation {val} seed {seed}: {len(rows)} candidates, "
                   f"best AUROC {max(r['open_set_auroc'] for r in rows):.3f}", flush=True)
         grid = {}
         for r in val_rows:
-            grid.setdefault((r["views"], r["dims"], r["target_tpr"]), []).append(r)
+            grid.setdefault((r["views"], r["dims"], r["target_tpr"], r["min_margin"]), []).append(r)
         means = {k: {m: float(np.mean([r[m] for r in v])) for m in v[0] if isinstance(v[0][m], float)}
                  for k, v in grid.items()}
         chosen = max(means, key=lambda k: means[k]["open_set_auroc"]
                      + 0.5 * (means[k]["known_correct"] + means[k]["unknown_rejected"]))
-        views, dims, tpr = chosen
+        views, dims, tpr, floor = chosen
         rep_rows, base_rows = [], []
         for seed in range(args.seeds):
             d = draw(data, rep, seed, args.known, args.shots)
-            rows = run_candidates(d, backbone, extractor, seed, [views], [dims], [tpr], with_prompt=not args.no_prompt,
-                                  order_check=True, launder=True)
+            rows = run_candidates(d, backbone, extractor, seed, [views], [dims], [tpr], [floor],
+                                  with_prompt=not args.no_prompt, order_check=True, launder=True)
             rep_rows += [r | {"seed": seed} for r in rows]
             base_rows.append(baselines(d, extractor, seed) | {"seed": seed})
             print(f"report {rep} seed {seed}: {rows[0]}", flush=True)
@@ -340,8 +343,8 @@ def main():
             by_method.setdefault(r["method"], []).append(r)
         report["rotations"].append({
             "validation_fold": val, "report_fold": rep, "validation_grid": [
-                {"views": k[0], "dims": k[1], "target_tpr": k[2], **v} for k, v in means.items()],
-            "chosen": {"views": views, "dims": dims, "target_tpr": tpr},
+                {"views": k[0], "dims": k[1], "target_tpr": k[2], "min_margin": k[3], **v} for k, v in means.items()],
+            "chosen": {"views": views, "dims": dims, "target_tpr": tpr, "min_margin": floor},
             "report_rows": rep_rows, "report_summary": {m: summarise(v) for m, v in by_method.items()},
             "baselines": base_rows, "baselines_summary": summarise(base_rows),
             "seconds": time.perf_counter() - t0})

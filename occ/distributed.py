@@ -114,6 +114,24 @@ def path_rows(inputs: Iterable) -> list[dict]:
     return rows
 
 
+CONNECT_TIMEOUT_S = 10.0
+
+
+def _check_reachable(address: str) -> None:
+    """Fail at once, with one line, when nothing listens at a ``host:port`` (or ``ray://host:port``)
+    address: Ray itself retries an unreachable head for minutes. Other forms ("auto") go to Ray as given."""
+    import socket
+
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as exc:
+        raise OccError(f"cannot join the Ray cluster at {address}: nothing answers there "
+                       f"({exc.strerror or type(exc).__name__})") from None
+
+
 def init(address: str | None = None, num_cpus: int | None = None) -> None:
     """Join the Ray cluster at ``address``, or start a local runtime (no dashboard); reuse a running one."""
     import logging
@@ -124,6 +142,7 @@ def init(address: str | None = None, num_cpus: int | None = None) -> None:
         return
     kwargs = {"include_dashboard": False, "logging_level": logging.WARNING, "log_to_driver": False}
     if address:
+        _check_reachable(address)
         try:
             ray.init(address=address, **kwargs)
         except Exception as exc:  # Ray raises several types for an address it cannot reach

@@ -21,6 +21,11 @@ over every class and shrunk with Ledoit-Wolf). Concretely:
    is named if its margin reaches its threshold and the image lies no farther from that source's
    centre than 99 % of the source's own held-out images; otherwise the answer is unknown. (A margin is
    linear, so it grows without bound for images far beyond a source; the radius stops that.)
+   With ``min_margin`` set (0 by default: :data:`DEFAULT_MIN_MARGIN`), no threshold lies below it: a
+   source is never named for an image that is nearer the non-target centre than the source's own. The
+   held-out non-target images are the shipped bank and the other sources, which are easier than real
+   photos unlike the bank; a threshold chosen on them alone can fall below zero and then names a source
+   for photos the model itself places on the real side (``bench/generalise.py`` selects this rule).
 
 The model is a function of the *set* of classes, not of the order in which sources were enrolled; the
 fit is closed-form (one truncated SVD and one covariance per fold), so refitting a registry of 100
@@ -30,7 +35,7 @@ sources after an enrollment costs seconds, not 99 trainings.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -39,6 +44,7 @@ from occ.calibration import DEFAULT_FAR, DEFAULT_TARGET_TPR, Calibration
 DEFAULT_DIMS = 128
 DEFAULT_FOLDS = 3
 RADIUS_QUANTILE = 0.99
+DEFAULT_MIN_MARGIN: float | None = 0.0  # chosen on the protocol's validation folds (see the module doc)
 
 
 @dataclass
@@ -145,10 +151,18 @@ class JointModel:
     ``calibrations_`` (one :class:`Calibration` per source, held-out scores kept).
     """
 
-    def __init__(self, dims: int = DEFAULT_DIMS, folds: int = DEFAULT_FOLDS, seed: int = 0):
+    def __init__(self, dims: int = DEFAULT_DIMS, folds: int = DEFAULT_FOLDS, seed: int = 0,
+                 min_margin: float | None = DEFAULT_MIN_MARGIN):
         self.dims = int(dims)
         self.folds = int(folds)
         self.seed = int(seed)
+        self.min_margin = None if min_margin is None else float(min_margin)
+
+    def _floored(self, calibration: Calibration) -> Calibration:
+        """``calibration`` with its threshold raised to ``min_margin`` where it lies below."""
+        if self.min_margin is None or calibration.threshold >= self.min_margin:
+            return calibration
+        return replace(calibration, threshold=self.min_margin)
 
     def fit(self, sources: Mapping[str, ClassRows], nontarget: ClassRows,
             far: float | Mapping[str, float] = DEFAULT_FAR,
@@ -182,7 +196,7 @@ class JointModel:
         for si, name in enumerate(names):
             pos = held[si][:, si]
             neg = np.concatenate([held[ci][:, si] for ci in range(len(classes)) if ci != si])
-            self.calibrations_[name] = Calibration.fit(pos, neg, _per(far, name), _per(target_tpr, name))
+            self.calibrations_[name] = self._floored(Calibration.fit(pos, neg, _per(far, name), _per(target_tpr, name)))
         # how far from its centre a source's own held-out images lie: an image farther than nearly all
         # of them is no image of that source, however its margin (a linear function) extrapolates
         self.radii_ = {n: float(np.quantile(held_dist[i], RADIUS_QUANTILE)) for i, n in enumerate(names)}
@@ -213,7 +227,7 @@ class JointModel:
         return out
 
     def set_threshold(self, name: str, far: float | None = None, target_tpr: float | None = None) -> Calibration:
-        self.calibrations_[name] = self.calibrations_[name].with_far(far, target_tpr)
+        self.calibrations_[name] = self._floored(self.calibrations_[name].with_far(far, target_tpr))
         return self.calibrations_[name]
 
     # -- persistence --------------------------------------------------------------------------------
@@ -221,14 +235,15 @@ class JointModel:
     def to_saved(self) -> tuple[dict[str, np.ndarray], dict]:
         g = self.geometry_
         tensors = {"mean": g.mean, "proj": g.proj, "centres": g.centres}
-        meta = {"dims": self.dims, "folds": self.folds, "seed": self.seed, "names": list(self.names_),
+        meta = {"dims": self.dims, "folds": self.folds, "seed": self.seed, "min_margin": self.min_margin,
+                "names": list(self.names_),
                 "calibrations": {n: c.to_dict() for n, c in self.calibrations_.items()}, "radii": dict(self.radii_),
                 "n_rows": dict(self.n_rows_)}
         return tensors, meta
 
     @classmethod
     def from_saved(cls, tensors: Mapping[str, np.ndarray], meta: Mapping) -> JointModel:
-        model = cls(meta["dims"], meta["folds"], meta["seed"])
+        model = cls(meta["dims"], meta["folds"], meta["seed"], meta["min_margin"])
         model.names_ = list(meta["names"])
         mean, proj, centres = (np.asarray(tensors[k], dtype=np.float32) for k in ("mean", "proj", "centres"))
         if proj.shape != (len(mean), centres.shape[1]) or centres.shape[0] != len(model.names_) + 1:

@@ -22,14 +22,14 @@ import json
 import os
 import secrets
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from occ.errors import OccError, RegistryError, UsageError, first_line
 from occ.evidence import DEFAULT_VIEWS, default_blocks, evidence, training_views
-from occ.joint import DEFAULT_DIMS, ClassRows, JointModel
+from occ.joint import DEFAULT_DIMS, DEFAULT_MIN_MARGIN, ClassRows, JointModel
 
 if TYPE_CHECKING:  # (torch only where tensors are made: `occ sources` reads the stored model without it)
     import torch
@@ -56,13 +56,15 @@ class JointSettings:
     blocks: tuple[int, ...] | None = None  # None: occ.evidence.default_blocks of the backbone
     bank_views: int = DEFAULT_VIEWS
     seed: int = 0
+    min_margin: float | None = DEFAULT_MIN_MARGIN  # the lowest threshold (occ.joint, point 5); None: no floor
 
     def resolved(self, backbone: Backbone) -> JointSettings:
         blocks = default_blocks(backbone.num_layers) if self.blocks is None else tuple(self.blocks)
-        return JointSettings(self.dims, blocks, self.bank_views, self.seed)
+        return replace(self, blocks=blocks)
 
     def to_dict(self) -> dict:
-        return {"dims": self.dims, "blocks": list(self.blocks), "bank_views": self.bank_views, "seed": self.seed}
+        return {"dims": self.dims, "blocks": list(self.blocks), "bank_views": self.bank_views, "seed": self.seed,
+                "min_margin": self.min_margin}
 
 
 def view_rows(extractor, paths: Sequence, views: int, seed: int, on_error=None) -> tuple[np.ndarray, np.ndarray]:
@@ -148,7 +150,7 @@ def _fit(sources: dict, backbone: Backbone, extractor, settings: JointSettings,
         raise UsageError("the joint model has no non-target images: every lda source was enrolled without "
                          "the default bank and without --negatives")
     try:
-        model = JointModel(settings.dims, seed=settings.seed).fit(
+        model = JointModel(settings.dims, seed=settings.seed, min_margin=settings.min_margin).fit(
             classes, ClassRows(np.concatenate(neg_x), np.concatenate(neg_ids)), far=far, target_tpr=tpr)
     except ValueError as exc:
         raise RegistryError(f"cannot fit the joint model of the registry: {first_line(exc)}") from None

@@ -72,6 +72,33 @@ def test_saved_model_scores_identically():
     assert [d[:2] for d in model.decide(x)] == [d[:2] for d in again.decide(x)]
 
 
+def test_threshold_floor_keeps_a_source_from_naming_images_nearer_the_non_target_centre():
+    rng = np.random.default_rng(5)
+    d = 12
+    # a widely spread source beside a tight non-target class: 90 % of its held-out images are only
+    # reached by a threshold below zero, which would name it for images on the non-target side
+    centre, other = np.zeros(d), np.full(d, 1.5)
+    sources = {"wide": ClassRows(centre + rng.normal(0, 3, (30, d)), np.arange(30))}
+    nontarget = ClassRows(other + rng.normal(0, 0.5, (60, d)), np.arange(60))
+    free = JointModel(dims=8, min_margin=None).fit(sources, nontarget, far=0.5, target_tpr=0.95)
+    floored = JointModel(dims=8, min_margin=0.0).fit(sources, nontarget, far=0.5, target_tpr=0.95)
+    assert free.calibrations_["wide"].threshold < 0
+    assert floored.calibrations_["wide"].threshold == 0.0
+    x = centre + rng.normal(0, 3, (400, d))
+    margin = free.margins(x)[:, 0]
+    named_free = np.array([r[0] == "wide" for r in free.decide(x)])
+    named_floor = np.array([r[0] == "wide" for r in floored.decide(x)])
+    assert named_free[margin < 0].any()  # the unfloored model names some images with a negative margin
+    assert not named_floor[margin < 0].any()
+    np.testing.assert_array_equal(named_floor, named_free & (margin >= 0))
+    # re-choosing the threshold keeps the floor; the saved model keeps the rule
+    assert floored.set_threshold("wide", far=0.9, target_tpr=1.0).threshold == 0.0
+    assert free.set_threshold("wide", far=0.9, target_tpr=1.0).threshold < 0
+    again = JointModel.from_saved(*floored.to_saved())
+    assert again.min_margin == 0.0
+    assert again.set_threshold("wide", far=0.9, target_tpr=1.0).threshold == 0.0
+
+
 def test_too_few_images_is_refused():
     sources, nontarget, _, _ = _blobs(4)
     sources["tiny"] = ClassRows(np.zeros((3, 40)), np.zeros(3))  # three views of one image
