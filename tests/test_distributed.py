@@ -167,9 +167,10 @@ def test_cli_joins_a_running_cluster_with_ray_address(head_node, w, inputs, plai
     assert [r["path"] for r in rows] == [r["path"] for r in distributed.path_rows(inputs)]
     ours, theirs = by_path(rows), by_path(plain)
     for key, row in ours.items():
-        assert {k: v for k, v in row.items() if k != "scores"} == {k: v for k, v in theirs[key].items() if k != "scores"}
+        other = theirs[key]
+        assert {k: v for k, v in row.items() if k != "scores"} == {k: v for k, v in other.items() if k != "scores"}
         for name, score in row.get("scores", {}).items():
-            assert score == pytest.approx(theirs[key]["scores"][name], abs=1e-5)
+            assert score == pytest.approx(other["scores"][name], abs=1e-5)
     # an address where no cluster runs is one clear error
     run = clikit.run_occ("attribute", w.a_test, "--registry", w.reg_ab, "--engine", "ray",
                          "--ray-address", f"127.0.0.1:{_free_port()}", timeout=300)
