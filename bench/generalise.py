@@ -15,10 +15,10 @@ registry, ``occ.openset.refit``, ``occ.attribution.Attributor``):
   each, drawn by prompt group (test images come from other prompts); the fold's other generators
   (including ones sharing prompts with the enrolled ones), its unknown-only generators and its real
   photos are the unknowns. Sources are enrolled in a random order;
-* candidates: the joint model's principal directions (64 / 128 / 256), the TPR rule (0.90 / 0.95) and
-  the threshold floor (none / margin >= 0, ``occ.joint`` point 5) and the number of laundered training
-  views per image (1 / 2, for the shots and the bank alike). Selection maximises open-set AUROC plus the mean of
-  known-correct and unknown-rejected rates on the validation fold;
+* candidates: the joint model's principal directions (64 / 128 / 256), the TPR rule (0.90 / 0.95), the
+  threshold floor (none / margin >= 0, ``occ.joint`` point 5) and the number of laundered training views
+  per image (1 / 2 / 3, for the shots and the bank alike). Selection maximises open-set AUROC plus the
+  mean of known-correct and unknown-rejected rates on the validation fold;
 * reported on the other fold, beside baselines measured on the same draws and features: logistic
   regression (class-balanced, C=1, standardised) on the final embedding and on the best block's CLS
   token (picked by cross-validation on the training set, :func:`occ.probe.pick_block`), USIA's
@@ -54,7 +54,7 @@ FOLDS = {
                      "cnndet-stargan", "cnndet-stylegan", "cpondoc-dalle2"],
           "unknown": ["dif-dallemini", "dif-mj", "dif-sd21"], "real": ["real-dif", "real-cnndet"]},
 }
-VIEWS = (1, 2)  # laundered views per training image (the shots and the bank alike)
+VIEWS = (1, 2, 3)  # laundered views per training image (the shots and the bank alike)
 DIMS = (64, 128, 256)
 TPRS = (0.90, 0.95)
 MIN_MARGINS = (None, 0.0)  # the joint model's threshold floor (occ.joint, point 5): none, or margin >= 0

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from PIL import Image
 
 DEFAULT_BLOCKS = (4, 5, 6, 7, 8, 9, 10)  # of a 12-block tower; other depths: the same band, scaled
-DEFAULT_VIEWS = 1  # laundered copies per training image, besides the image itself
+DEFAULT_VIEWS = 2  # laundered copies per training image, besides the image itself (bench/generalise.py)
 
 
 def default_blocks(num_layers: int) -> tuple[int, ...]:

@@ -48,13 +48,13 @@ def default(w, tmp_path_factory) -> tuple[clikit.Run, dict]:
 
 def test_defaults_on_a_tower_with_text(default) -> None:
     run, meta = default
-    assert meta["kind"] == "lda" and meta["template"] is None and meta["views"] == 1
+    assert meta["kind"] == "lda" and meta["template"] is None and meta["views"] == 2
     assert meta["settings"]["seed"] == 0
     assert (meta["calibration"]["far"], meta["calibration"]["target_tpr"]) == (0.05, 0.9)
     assert "default bank" in meta["negatives"]
     line = summary_line(run, "verifier")
     assert "shared-covariance discriminant" in line and "steps" not in line
-    assert "1 laundered copy each" in summary_line(run, "training views")
+    assert "2 laundered copies each" in summary_line(run, "training views")
 
 
 def test_prompt_defaults_on_a_tower_with_text(w, tmp_path) -> None:
@@ -83,7 +83,7 @@ def test_prompt_defaults_on_a_tower_with_text(w, tmp_path) -> None:
     ([*clikit.PROMPT, "--adversarial", "feature"], lambda m: m["settings"]["adversarial"] == "feature",
      "adversarial feature"),
     (["--method", "prompt", "--steps", "7"], lambda m: m["settings"]["steps"] == 7, "7 steps"),
-    (["--views", "2"], lambda m: m["views"] == 2, "2 laundered copies each"),
+    (["--views", "1"], lambda m: m["views"] == 1, "1 laundered copy each"),
     (["--seed", "3"], lambda m: m["settings"]["seed"] == 3, "seed 3"),
     (["--far", "0.2"], lambda m: m["calibration"]["far"] == 0.2, "FAR <= 0.2,"),
     (["--tpr", "0.5"], lambda m: m["calibration"]["target_tpr"] == 0.5, "TPR <= 0.5"),

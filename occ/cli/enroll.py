@@ -47,7 +47,7 @@ def enroll(
     = None,
     views: Annotated[int | None, typer.Option("--views", help="lda: laundered copies (re-encoded, resized, blurred, "
                                               "cropped) of each training image added to the training set "
-                                              "(default 1; 0 for none).")] = None,
+                                              "(default 2; 0 for none).")] = None,
     loss: Annotated[str | None, typer.Option("--loss", help="Prompt training loss: 'ce' (OCC-CLIP, default) or "
                                              "'cvar-auc' (Santosh et al.: CVaR at alpha 0.8 + AUC loss).")] = None,
     sam: Annotated[bool, typer.Option("--sam", help="Sharpness-aware minimisation around AdamW (rho 0.05).")] = False,
