@@ -108,16 +108,16 @@ class Attributor:
         raw = {name: self.verifiers[name].decision_function(batch) for name in own}
         calibrations = {name: self.verifiers[name].calibration_ for name in own}
         accepted = {name: calibrations[name].accept(raw[name]) for name in own}
-        joint_rows = None
         if self._joint_names:
             from occ.evidence import evidence
 
             x = evidence(trunk.cls.numpy(), self.joint.settings_.blocks)
-            joint_rows = self.joint.decide(x)
-            for name in self._joint_names:
-                raw[name] = np.array([r[2][name] for r in joint_rows])
-                calibrations[name] = self.joint.calibrations_[name]
-                accepted[name] = np.array([r[0] == name for r in joint_rows])
+            joint = self.joint.decide_arrays(x)
+            for j, name in enumerate(joint.names):
+                if name in self._joint_names:
+                    raw[name] = joint.raw[:, j].astype(np.float64)
+                    calibrations[name] = self.joint.calibrations_[name]
+                    accepted[name] = joint.named == j
         calibrated = {name: calibrations[name].probability(r) for name, r in raw.items()}
         thresholds = {name: calibrations[name].calibrated_threshold for name in self.verifiers}
         raw_thresholds = {name: calibrations[name].threshold for name in self.verifiers}
