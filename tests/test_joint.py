@@ -116,9 +116,9 @@ def _reference_decisions(model: JointModel, x: np.ndarray) -> list[tuple]:
     out = []
     for row in np.asarray(x, dtype=np.float32):
         y = (row - g.mean) @ g.proj
-        c0 = g.centres[-1]
-        margins = {n: float(((y - c0) ** 2).sum() / 2 - ((y - g.centres[j]) ** 2).sum() / 2) for j, n in enumerate(names)}
+        to_nontarget = float(((y - g.centres[-1]) ** 2).sum())
         dist = {n: float(((y - g.centres[j]) ** 2).sum()) for j, n in enumerate(names)}
+        margins = {n: (to_nontarget - dist[n]) / 2 for n in names}
         ok = [n for n in names if margins[n] >= model.calibrations_[n].threshold and dist[n] <= model.radii_[n]]
         nearest = max(names, key=lambda n: margins[n])
         accepted = sorted(ok, key=lambda n: -margins[n])
