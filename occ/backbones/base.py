@@ -333,6 +333,8 @@ def tower_device(vision: torch.nn.Module) -> torch.device:
 def torch_trunk(vision: torch.nn.Module, pixel_values: torch.Tensor, blocks: tuple[int, ...]) -> Trunk:
     """Trunk pass in torch for any transformers CLIP image tower, on the tower's device (the whole
     batch at once); the features come back on the CPU."""
+    import torch
+
     out = vision.vision_model(pixel_values=pixel_values.to(tower_device(vision)), output_hidden_states=True)
     hs = out.hidden_states
     cls = torch.stack([h[:, 0] for h in hs], 1).float().cpu()
