@@ -8,6 +8,11 @@ sources a verifier "accepts" only the image the joint model names it for, so ``v
 ``attribute`` always agree. Sources of the other kinds (prompt tokens, probe) are scored by their own
 verifiers on the same shared trunk pass and accept where their score reaches their threshold. The
 named source is the accepted one with the highest score, or ``None`` ("unknown").
+
+The joint model reads only the CLS tokens, as numpy arrays: over images whose features are cached, a
+registry of ``lda`` sources is decided without importing torch (nor building those sources' heads:
+their verifiers load only when asked for, see :class:`Verifiers`). torch is imported when the trunk
+runs (an image not in the cache) or a source of another kind is scored.
 """
 
 from __future__ import annotations
