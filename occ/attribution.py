@@ -78,7 +78,7 @@ class Verifiers(Mapping):
     """An attributor's verifiers by name, in name order. Sources the registry's joint model decides need
     no verifier of their own to be decided (the joint model reads CLS tokens only), so their verifiers
     are loaded from the registry only when asked for (``occ serve``'s source list, ``occ eval``'s
-    report): attribution and verification over ``lda`` sources never build a head, nor import torch."""
+    report): deciding ``lda`` sources builds no head, and needs no torch."""
 
     def __init__(self, loaded: Mapping[str, Verifier], deferred: Mapping[str, Callable[[], Verifier]] | None = None):
         self._loaded = dict(loaded)
