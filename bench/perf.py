@@ -238,7 +238,7 @@ LABELS = ["sdcheat-sd15", "cpondoc-dalle2", "imagen-disco", "imagen-dmin", "imag
 
 
 def _ten_sources(work: Path) -> tuple[Path, Path, dict, list[str]]:
-    """A registry with 10 sources enrolled from 6 images each (20 steps: content does not change cost)."""
+    """A registry with 10 sources enrolled from 6 images each (the default method, lda)."""
 
     cache, registry = work / "cache-attr", work / "registry-attr"
     env = _env(cache, registry)
@@ -248,7 +248,7 @@ def _ten_sources(work: Path) -> tuple[Path, Path, dict, list[str]]:
         for label in LABELS:
             shots = [DEVSET / r["path"] for r in rows if r["label"] == label][:6]
             folder = link_folder(shots, work / "shots" / label)
-            subprocess.run(OCC + ["enroll", label, str(folder), "--steps", "20"], env=env, check=True,
+            subprocess.run(OCC + ["enroll", label, str(folder)], env=env, check=True,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return cache, registry, env, LABELS
 
@@ -309,15 +309,15 @@ def part_startup(report: dict, work: Path) -> None:
 
 
 def _import_copies(work: Path, n: int, cache: Path) -> Path:
-    """A registry of ``n`` sources: copies (export/import) of one real verifier enrolled once, 6 shots and
-    20 steps (per-source cost does not depend on the content)."""
+    """A registry of ``n`` sources: copies (export/import) of one real verifier enrolled once from 6 shots
+    with the default method, lda (per-source cost does not depend on the content)."""
     import csv
 
     base = work / "registry-one"
     if not base.exists():
         rows = [r for r in csv.DictReader(open(DEVSET / "manifest.csv")) if r["label"] == "sdcheat-sd15"]
         folder = link_folder([DEVSET / r["path"] for r in rows[:6]], work / "one-shots")
-        subprocess.run(OCC + ["enroll", "src", str(folder), "--steps", "20"], env=_env(cache, base), check=True,
+        subprocess.run(OCC + ["enroll", "src", str(folder)], env=_env(cache, base), check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         subprocess.run(OCC + ["export", "src", str(work / "src.occ.zip")], env=_env(cache, base), check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

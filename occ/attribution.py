@@ -8,23 +8,30 @@ sources a verifier "accepts" only the image the joint model names it for, so ``v
 ``attribute`` always agree. Sources of the other kinds (prompt tokens, probe) are scored by their own
 verifiers on the same shared trunk pass and accept where their score reaches their threshold. The
 named source is the accepted one with the highest score, or ``None`` ("unknown").
+
+The joint model reads only the CLS tokens, as numpy arrays: over images whose features are cached, a
+registry of ``lda`` sources is decided without importing torch (nor building those sources' heads:
+their verifiers load only when asked for, see :class:`Verifiers`). torch is imported when the trunk
+runs (an image not in the cache) or a source of another kind is scored.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from occ.backbones.base import Backbone, Trunk
 from occ.errors import ImageError, OccError, RegistryError, UsageError
 from occ.features import FeatureExtractor
-from occ.heads import TrunkBatch
 from occ.images import ImageFile
 from occ.registry import Registry
 from occ.sources import require_enrolled
-from occ.verifier import Verifier
+
+if TYPE_CHECKING:  # (a verifier's head needs torch: loaded only for the sources that score with it)
+    from occ.verifier import Verifier
 
 
 @dataclass
@@ -42,6 +49,13 @@ class Decision:
     raw_thresholds: dict[str, float] = field(default_factory=dict)  # thresholds on the raw scale
 
 
+def load_verifier(registry: Registry, backbone: Backbone, name: str) -> Verifier:
+    """The verifier of source ``name``, checked against ``backbone``."""
+    from occ.verifier import Verifier
+
+    return Verifier.from_saved(backbone, *registry.load(name), name)
+
+
 def load_verifiers(registry: Registry, backbone: Backbone, names: Sequence[str] | None = None,
                    on_skip: Callable[[str, OccError], None] | None = None) -> dict[str, Verifier]:
     """Load verifiers from the registry (all when ``names`` is None). A source that cannot be used
@@ -50,7 +64,7 @@ def load_verifiers(registry: Registry, backbone: Backbone, names: Sequence[str] 
     loaded = {}
     for name in names:
         try:
-            loaded[name] = Verifier.from_saved(backbone, *registry.load(name), name)
+            loaded[name] = load_verifier(registry, backbone, name)
         except UsageError:
             raise
         except OccError as exc:
@@ -60,26 +74,59 @@ def load_verifiers(registry: Registry, backbone: Backbone, names: Sequence[str] 
     return loaded
 
 
+class Verifiers(Mapping):
+    """An attributor's verifiers by name, in name order. Sources the registry's joint model decides need
+    no verifier of their own to be decided (the joint model reads CLS tokens only), so their verifiers
+    are loaded from the registry only when asked for (``occ serve``'s source list, ``occ eval``'s
+    report): deciding ``lda`` sources builds no head, and needs no torch."""
+
+    def __init__(self, loaded: Mapping[str, Verifier], deferred: Mapping[str, Callable[[], Verifier]] | None = None):
+        self._loaded = dict(loaded)
+        self._deferred = {n: f for n, f in (deferred or {}).items() if n not in self._loaded}
+        self._names = sorted([*self._loaded, *self._deferred])
+
+    def __getitem__(self, name: str) -> Verifier:
+        if name not in self._loaded:
+            self._loaded[name] = self._deferred[name]()  # KeyError for an unknown name
+        return self._loaded[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def __contains__(self, name) -> bool:
+        return name in self._loaded or name in self._deferred
+
+    def only(self, names: Iterable[str]) -> Verifiers:
+        """The verifiers of ``names`` (loaded ones shared, deferred ones still deferred)."""
+        names = set(names)
+        return Verifiers({n: v for n, v in self._loaded.items() if n in names},
+                         {n: f for n, f in self._deferred.items() if n in names})
+
+
 class Attributor:
     """Every enrolled verifier over one shared trunk pass per image.
 
     The trunk runs once per image (and is cached on disk); per-source work is the verifier heads only,
     with per-batch work they share (a :class:`occ.heads.TrunkBatch`: keys/values of patch tokens, the CLS
-    token's attention) computed once.
+    token's attention) computed once. Sources of the joint model are decided by it, from the CLS tokens.
     """
 
-    def __init__(self, verifiers: dict[str, Verifier], backbone: Backbone,
+    def __init__(self, verifiers: Mapping[str, Verifier], backbone: Backbone,
                  extractor: FeatureExtractor | None = None, joint=None, joint_stale: bool = False):
         if not verifiers:
             raise UsageError("no sources to attribute against: enroll one first with `occ enroll NAME PATH...`")
-        self.verifiers = dict(sorted(verifiers.items()))
+        self.verifiers = verifiers if isinstance(verifiers, Verifiers) else Verifiers(verifiers)
         self.backbone = backbone
         self.extractor = extractor or FeatureExtractor(backbone)
-        self.blocks = tuple(sorted({b for v in self.verifiers.values() for b in v.kv_blocks(backbone)}))
         # the joint model decides its sources; it may know more sources than are scored here (verify)
         self.joint = joint
         self.joint_stale = joint_stale  # the stored joint model did not match the sources: fitted now
         self._joint_names = set(joint.names_) & set(self.verifiers) if joint is not None else set()
+        self._own = [n for n in self.verifiers if n not in self._joint_names]  # scored by their own heads
+        self.blocks = tuple(sorted({b for n in self._own for b in self.verifiers[n].kv_blocks(backbone)}))
 
     @classmethod
     def from_registry(cls, registry: Registry, backbone: Backbone, names: Sequence[str] | None = None,
@@ -88,13 +135,18 @@ class Attributor:
             require_enrolled(registry)
         from occ.openset import joint_for
 
-        verifiers = load_verifiers(registry, backbone, names, on_skip)
-        if verifiers:
-            kwargs.setdefault("extractor", FeatureExtractor(backbone))
+        names = list(registry.names() if names is None else names)
+        kwargs.setdefault("extractor", FeatureExtractor(backbone))
+        joint = None
+        if names:
             # a damaged source is reported by load_verifiers (or, for verify, by attribute), and left out here
-            kwargs["joint"], kwargs["joint_stale"] = joint_for(registry, backbone, extractor=kwargs["extractor"],
-                                                               on_skip=lambda _name, _exc: None)
-        if not verifiers and (names is None or names):
+            joint, kwargs["joint_stale"] = joint_for(registry, backbone, extractor=kwargs["extractor"],
+                                                     on_skip=lambda _name, _exc: None)
+        kwargs["joint"] = joint
+        decided = [n for n in names if joint is not None and n in joint.names_]
+        loaded = load_verifiers(registry, backbone, [n for n in names if n not in decided], on_skip)
+        verifiers = Verifiers(loaded, {n: (lambda n=n: load_verifier(registry, backbone, n)) for n in decided})
+        if not verifiers and names:
             # Sources are enrolled but none can be used (each was reported to on_skip): a damaged
             # registry or another backbone, not a usage error.
             raise RegistryError(f"none of the enrolled sources in registry {registry.root} can be used "
@@ -103,21 +155,25 @@ class Attributor:
 
     def decide(self, trunk: Trunk, paths: Sequence) -> list[Decision]:
         """Decisions for a batch of trunk features (row i belongs to ``paths[i]``)."""
-        batch = TrunkBatch(trunk, self.backbone)  # per-batch work the verifiers share
-        own = [n for n in self.verifiers if n not in self._joint_names]
-        raw = {name: self.verifiers[name].decision_function(batch) for name in own}
+        own = self._own
+        raw = {}
+        if own:
+            from occ.heads import TrunkBatch
+
+            batch = TrunkBatch(trunk, self.backbone)  # per-batch work the verifiers share
+            raw = {name: self.verifiers[name].decision_function(batch) for name in own}
         calibrations = {name: self.verifiers[name].calibration_ for name in own}
         accepted = {name: calibrations[name].accept(raw[name]) for name in own}
-        joint_rows = None
         if self._joint_names:
             from occ.evidence import evidence
 
-            x = evidence(trunk.cls.numpy(), self.joint.settings_.blocks)
-            joint_rows = self.joint.decide(x)
-            for name in self._joint_names:
-                raw[name] = np.array([r[2][name] for r in joint_rows])
-                calibrations[name] = self.joint.calibrations_[name]
-                accepted[name] = np.array([r[0] == name for r in joint_rows])
+            x = evidence(trunk.cls_array, self.joint.settings_.blocks)
+            joint = self.joint.decide_arrays(x)
+            for j, name in enumerate(joint.names):
+                if name in self._joint_names:
+                    raw[name] = joint.raw[:, j].astype(np.float64)
+                    calibrations[name] = self.joint.calibrations_[name]
+                    accepted[name] = joint.named == j
         calibrated = {name: calibrations[name].probability(r) for name, r in raw.items()}
         thresholds = {name: calibrations[name].calibrated_threshold for name in self.verifiers}
         raw_thresholds = {name: calibrations[name].threshold for name in self.verifiers}

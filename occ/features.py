@@ -5,6 +5,8 @@ Every image goes through the frozen trunk once; what it returns is stored under
 bytes and the backbone fingerprint (which includes the preprocessing version). Files are written to a
 temporary name and renamed into place, so concurrent processes never see a half-written entry (the
 last writer wins, and every writer writes the same content). Tensors only, in safetensors: no pickle.
+The cache is read and written as numpy arrays (``safetensors.numpy``), so features that are all cached
+reach the verifiers without importing torch; torch is imported when the trunk has to run.
 """
 
 from __future__ import annotations
@@ -14,18 +16,21 @@ import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-import torch
-from PIL import Image
+import numpy as np
 from safetensors import SafetensorError
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
+from safetensors.numpy import load as st_load
+from safetensors.numpy import save as st_save
 
 from occ.backbones.base import Backbone, Trunk, empty_trunk
 from occ.errors import ImageError, first_line
 from occ.images import MAX_PIXELS, ImageFile, decode_image, iter_paths, load_image, read_image_file
 from occ.paths import cache_dir
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
 
 FEATURE_FORMAT = "occ-trunk-v2"
 DEFAULT_BATCH = 16
@@ -83,10 +88,10 @@ class FeatureCache:
                         "embeds": (backbone.projection_dim,),
                         "kv": (2, backbone.num_patches, backbone.hidden_size)}
 
-    def _fits(self, name: str, tensor: torch.Tensor) -> bool:
+    def _fits(self, name: str, tensor: np.ndarray) -> bool:
         """Whether a stored tensor has this backbone's shape and dtype (anything else is damage)."""
         kind = "kv" if name.startswith("kv.") else name
-        dtype = torch.float16 if kind == "kv" else torch.float32
+        dtype = np.float16 if kind == "kv" else np.float32
         return tensor.dtype == dtype and tuple(tensor.shape) == self._shapes.get(kind)
 
     def _path(self, sha: str) -> Path:
@@ -106,20 +111,21 @@ class FeatureCache:
             t = tensors.get(f"kv.{b}")
             if t is None or not self._fits(f"kv.{b}", t):
                 return None
-            kv[b] = t.unsqueeze(0)
-        return Trunk(tensors["cls"].unsqueeze(0), tensors["embeds"].unsqueeze(0), kv)
+            kv[b] = t[None]
+        return Trunk(tensors["cls"][None], tensors["embeds"][None], kv)
 
     def put(self, sha: str, trunk: Trunk) -> None:
         """Store one image's trunk output (row 0 of ``trunk``), keeping key/value blocks already stored."""
         path = self._path(sha)
-        tensors = {"cls": trunk.cls[0].contiguous(), "embeds": trunk.embeds[0].contiguous()}
+        tensors = {"cls": np.ascontiguousarray(trunk.cls_array[0]),
+                   "embeds": np.ascontiguousarray(trunk.embeds_array[0])}
         try:
             old = st_load(path.read_bytes())
             tensors.update({k: v for k, v in old.items() if k.startswith("kv.") and self._fits(k, v)})
         except (OSError, SafetensorError, ValueError):
             pass
-        for b, t in trunk.kv.items():
-            tensors[f"kv.{b}"] = t[0].contiguous()
+        for b, t in trunk.kv_arrays.items():
+            tensors[f"kv.{b}"] = np.ascontiguousarray(t[0])
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f".{path.name}.{os.getpid()}.{id(tensors)}.tmp")

@@ -143,6 +143,18 @@ def _folds(classes: Sequence[ClassRows], k: int, rng: np.random.Generator) -> li
     return out
 
 
+@dataclass
+class JointDecisions:
+    """:meth:`JointModel.decide_arrays` of N rows over the K sources ``names`` (columns in that order)."""
+
+    names: list[str]
+    raw: np.ndarray  # (N, K) raw margins
+    scores: np.ndarray  # (N, K) 0..1 scores
+    accepts: np.ndarray  # (N, K) bool: the margin reaches the threshold and the row lies within the radius
+    named: np.ndarray  # (N,) column of the named source (the largest margin, if it accepts), -1: unknown
+    order: np.ndarray  # (N, K) columns by decreasing margin (ties in ``names`` order)
+
+
 class JointModel:
     """Shared-covariance discriminant over the enrolled sources + a non-target class (see module doc).
 
@@ -209,22 +221,30 @@ class JointModel:
         """(N, K) raw scores, one column per source in ``names_`` order."""
         return self.geometry_.margins(x)
 
-    def decide(self, x: np.ndarray) -> list[tuple[str | None, dict[str, float], dict[str, float], list[str]]]:
-        """Per row: (named source or None, 0..1 score per source, raw margin per source, sources whose
-        threshold the margin reaches, best first)."""
+    def decide_arrays(self, x: np.ndarray) -> JointDecisions:
+        """The decisions for the rows of ``x`` as arrays (one column per source in ``names_`` order)."""
         raw = self.margins(x)
         names = self.names_
-        scores = np.stack([self.calibrations_[n].probability(raw[:, i]) for i, n in enumerate(names)], 1)
-        accepts = np.stack([self.calibrations_[n].accept(raw[:, i]) for i, n in enumerate(names)], 1)
+        cals = [self.calibrations_[n] for n in names]
+        scores = np.stack([c.probability(raw[:, j]) for j, c in enumerate(cals)], 1)
+        accepts = np.stack([c.accept(raw[:, j]) for j, c in enumerate(cals)], 1)
         accepts &= self.geometry_.distances(x) <= np.array([self.radii_[n] for n in names])
-        out = []
-        for i in range(len(raw)):
-            best = int(np.argmax(raw[i]))
-            accepted = sorted((names[j] for j in np.flatnonzero(accepts[i])), key=lambda n: -raw[i, names.index(n)])
-            source = names[best] if accepts[i, best] else None
-            out.append((source, {n: float(scores[i, j]) for j, n in enumerate(names)},
-                        {n: float(raw[i, j]) for j, n in enumerate(names)}, accepted))
-        return out
+        rows = np.arange(len(raw))
+        best = raw.argmax(1)  # the nearest source (the first of equal margins)
+        named = np.where(accepts[rows, best], best, -1)
+        order = np.argsort(-raw, axis=1, kind="stable")  # per row, sources by margin, ties in name order
+        return JointDecisions(list(names), raw, scores, accepts, named, order)
+
+    def decide(self, x: np.ndarray) -> list[tuple[str | None, dict[str, float], dict[str, float], list[str]]]:
+        """Per row: (named source or None, 0..1 score per source, raw margin per source, sources whose
+        threshold the margin reaches and whose radius holds the row, best first). See :meth:`decide_arrays`."""
+        d = self.decide_arrays(x)
+        names = d.names
+        ranked = np.take_along_axis(d.accepts, d.order, 1)
+        raw, scores = d.raw.tolist(), d.scores.tolist()
+        return [(names[n] if n >= 0 else None, dict(zip(names, s)), dict(zip(names, r)),
+                 [names[j] for j in o[a]])
+                for n, s, r, o, a in zip(d.named.tolist(), scores, raw, d.order, ranked)]
 
     def set_threshold(self, name: str, far: float | None = None, target_tpr: float | None = None) -> Calibration:
         self.calibrations_[name] = self._floored(self.calibrations_[name].with_far(far, target_tpr))

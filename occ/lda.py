@@ -38,7 +38,7 @@ class LdaHead(Head):
         return cls(default_blocks(backbone.num_layers), backbone.hidden_size)
 
     def inputs(self, batch: TrunkBatch) -> list[torch.Tensor]:
-        return [torch.from_numpy(evidence(batch.trunk.cls.numpy(), self.blocks.tolist()))]
+        return [torch.from_numpy(evidence(batch.trunk.cls_array, self.blocks.tolist()))]
 
     def logits(self, inputs: list[torch.Tensor]) -> torch.Tensor:
         z = (inputs[0].float() - self.mean) @ self.weight + self.bias

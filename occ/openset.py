@@ -31,7 +31,8 @@ from occ.errors import OccError, RegistryError, UsageError, first_line
 from occ.evidence import DEFAULT_VIEWS, default_blocks, evidence, training_views
 from occ.joint import DEFAULT_DIMS, DEFAULT_MIN_MARGIN, ClassRows, JointModel
 
-if TYPE_CHECKING:  # (torch only where tensors are made: `occ sources` reads the stored model without it)
+if TYPE_CHECKING:  # torch only where a source's tensors are made (enrollment): fitting and using the model,
+    # and `occ sources`, need numpy alone
     import torch
 
     from occ.backbones.base import Backbone
@@ -70,19 +71,18 @@ class JointSettings:
 def view_rows(extractor, paths: Sequence, views: int, seed: int, on_error=None) -> tuple[np.ndarray, np.ndarray]:
     """CLS tokens of every training view of the images under ``paths`` (image itself + ``views``
     laundered copies), with the image index of each row. Images unreadable in any view are dropped."""
-    import torch
-
     per_view = []
     for transform in training_views(seed, views):
         feats = extractor.load(paths, (), on_error if transform is None else None, transform)
-        per_view.append({str(im.path): feats.trunk.cls[i] for i, im in enumerate(feats.images)})
+        cls = feats.trunk.cls_array
+        per_view.append({str(im.path): cls[i] for i, im in enumerate(feats.images)})
     keep = [p for p in per_view[0] if all(p in v for v in per_view)]
     cls = [v[p] for v in per_view for p in keep]
     ids = [i for _ in per_view for i in range(len(keep))]
     if not cls:
         bb = extractor.backbone
         return np.zeros((0, bb.num_layers + 1, bb.hidden_size), np.float16), np.zeros(0, np.int64)
-    return torch.stack(cls).to(torch.float16).numpy(), np.asarray(ids, np.int64)
+    return np.stack(cls).astype(np.float16), np.asarray(ids, np.int64)
 
 
 def evidence_tensors(pos: tuple[np.ndarray, np.ndarray],
@@ -98,7 +98,8 @@ def evidence_tensors(pos: tuple[np.ndarray, np.ndarray],
 
 
 def _joint_sources(registry, backbone: Backbone, on_skip=None):
-    """(name -> (version, tensors, meta)) of the usable ``lda`` sources made on ``backbone``."""
+    """(name -> (version, tensors, meta)) of the usable ``lda`` sources made on ``backbone`` (tensors as
+    numpy arrays: the joint model needs no torch)."""
     from occ.sources import enrolled_on
 
     out = {}
@@ -107,7 +108,7 @@ def _joint_sources(registry, backbone: Backbone, on_skip=None):
             record = registry.info(name)
             if record.meta.get("kind") != "lda" or enrolled_on(record.meta) != backbone.fingerprint:
                 continue
-            tensors, meta = registry.load(name)
+            tensors, meta = registry.load(name, framework="numpy")
             if not all(k in tensors for k in EVIDENCE_KEYS):
                 raise RegistryError(f"source '{name}' stores no training evidence: re-enroll it")
             out[name] = (record.path.name, tensors, meta)
@@ -136,11 +137,11 @@ def _fit(sources: dict, backbone: Backbone, extractor, settings: JointSettings,
         neg_x, neg_ids, offset = [evidence(bank_cls, blocks)], [bank_ids], int(bank_ids.max()) + 1
     classes = {}
     for name, (_, tensors, _meta) in sorted(sources.items()):
-        cls, ids, n_cls, n_ids = (tensors[k] for k in EVIDENCE_KEYS)
-        classes[name] = ClassRows(evidence(cls.float().numpy(), blocks), ids.numpy())
+        cls, ids, n_cls, n_ids = (np.asarray(tensors[k]) for k in EVIDENCE_KEYS)
+        classes[name] = ClassRows(evidence(cls, blocks), ids)
         if len(n_ids):
-            neg_x.append(evidence(n_cls.float().numpy(), blocks))
-            neg_ids.append(n_ids.numpy() + offset)
+            neg_x.append(evidence(n_cls, blocks))
+            neg_ids.append(n_ids + offset)
             offset += int(n_ids.max()) + 1
     if progress:
         progress("joint model", 0, 1)

@@ -215,7 +215,7 @@ def create_app(service: Service, token: str | None = None) -> FastAPI:
         if source not in attributor.verifiers:
             raise HTTPException(404, f"no source named '{source}' (enrolled: "
                                      f"{', '.join(attributor.verifiers) or 'none'})")
-        one = Attributor({source: attributor.verifiers[source]}, service.backbone, attributor.extractor,
+        one = Attributor(attributor.verifiers.only([source]), service.backbone, attributor.extractor,
                          joint=attributor.joint)  # an lda source is decided by the registry's joint model
         names, items = read_uploads(image, limits)
         return _answer(names, service.score(one, items), lambda d: verify_row(d, source))

@@ -134,3 +134,49 @@ def test_training_views_count():
     views = training_views(3, 2)
     assert views[0] is None and [v.index for v in views[1:]] == [0, 1] and all(v.seed == 3 for v in views[1:])
     assert training_views(3, 0) == [None]
+
+
+def _reference_decisions(model: JointModel, x: np.ndarray) -> list[tuple]:
+    """The decision rule of the module docstring, written out one row and one source at a time."""
+    names = model.names_
+    g = model.geometry_
+    out = []
+    for row in np.asarray(x, dtype=np.float32):
+        y = (row - g.mean) @ g.proj
+        to_nontarget = float(((y - g.centres[-1]) ** 2).sum())
+        dist = {n: float(((y - g.centres[j]) ** 2).sum()) for j, n in enumerate(names)}
+        margins = {n: (to_nontarget - dist[n]) / 2 for n in names}
+        ok = [n for n in names if margins[n] >= model.calibrations_[n].threshold and dist[n] <= model.radii_[n]]
+        nearest = max(names, key=lambda n: margins[n])
+        accepted = sorted(ok, key=lambda n: -margins[n])
+        out.append((nearest if nearest in ok else None, margins, accepted))
+    return out
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_decide_follows_the_decision_rule_row_by_row(seed):
+    rng = np.random.default_rng(seed)
+    d, n = 30, 14
+    centres = rng.normal(0, 3, (6, d))
+    centres[1] = centres[0] + rng.normal(0, 0.6, d)  # two close sources: rows that both accept
+    sources = {f"s{i}": ClassRows(centres[i] + rng.normal(0, 1, (n, d)), np.arange(n)) for i in range(5)}
+    nontarget = ClassRows(centres[5] + rng.normal(0, 1, (5 * n, d)), np.arange(5 * n))
+    model = JointModel(dims=16, seed=seed).fit(sources, nontarget)
+    # rows near each source, near the non-target class, between sources and far away
+    x = np.concatenate([centres[i] + rng.normal(0, 1.2, (20, d)) for i in range(6)]
+                       + [(centres[2] + centres[3]) / 2 + rng.normal(0, 1, (20, d)), rng.normal(0, 12, (20, d))])
+    got = model.decide(x)
+    want = _reference_decisions(model, x)
+    assert len(got) == len(want) == len(x)
+    assert {w[0] for w in want} >= {None, "s0", "s1"}  # the data exercises named and unknown rows
+    assert any(len(w[2]) > 1 for w in want)  # and rows that several sources accept
+    for (source, scores, raw, accepted), (w_source, w_raw, w_accepted) in zip(got, want):
+        assert source == w_source
+        assert accepted == w_accepted
+        assert list(raw) == list(scores) == model.names_
+        np.testing.assert_allclose([raw[n] for n in model.names_], [w_raw[n] for n in model.names_],
+                                   rtol=1e-4, atol=1e-3)
+        for n in model.names_:
+            assert scores[n] == pytest.approx(float(model.calibrations_[n].probability(raw[n])))
+    arrays = model.decide_arrays(x)
+    assert [model.names_[j] if j >= 0 else None for j in arrays.named] == [g[0] for g in got]

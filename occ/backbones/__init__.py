@@ -25,8 +25,10 @@ def load_backbone(spec: str | None = None, *, engine: str | None = None, device:
     ``device`` (``"cpu"`` or ``"cuda"``) is where the trunk pass runs: the torch engines move the image
     tower there, the int8 engine uses onnxruntime's CUDA provider (when installed).
 
-    Nothing here imports transformers: the embedded backbone loads it only for the torch engine or
-    pixel gradients, so scoring cached features never pays its import time.
+    Nothing here imports torch or transformers: the embedded backbone's description (fingerprint,
+    shape) comes from its stored provenance and fixed architecture; it loads onnxruntime and torch on
+    its first trunk pass, and transformers only for the torch engine or pixel gradients, so scoring
+    cached features never pays their import time.
     """
     spec = spec or default_spec()
     if spec == DEFAULT:

@@ -14,6 +14,10 @@ A :class:`Backbone` is a frozen CLIP. It offers
 * :attr:`Backbone.text` / :attr:`Backbone.tokenizer`: the text tower when the checkpoint has one;
 * :attr:`Backbone.fingerprint`: model id + engine + preprocessing version + weights sha256, which
   verifiers store and check so that a verifier is never applied to features of another backbone.
+
+This module imports torch only where tensors are made or run (preprocessing, the trunk pass, the
+tower): a backbone's description (fingerprint, :class:`TowerConfig`) and a :class:`Trunk` read from
+the feature cache need numpy alone, so scoring cached features with the joint model never imports torch.
 """
 
 from __future__ import annotations
@@ -21,17 +25,41 @@ from __future__ import annotations
 import copy
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from PIL import Image
 
-from occ.backbones.blocks import TowerConfig
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
 
 PREPROCESS_VERSION = "clip-bicubic-short-side-center-crop-v1"
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass(frozen=True)
+class TowerConfig:
+    """The shape of a CLIP image tower."""
+
+    num_layers: int
+    hidden_size: int
+    intermediate_size: int
+    num_heads: int
+    patch_size: int
+    image_size: int
+    projection_dim: int
+    layer_norm_eps: float = 1e-5
+    hidden_act: str = "quick_gelu"
+
+    @classmethod
+    def from_transformers(cls, config) -> TowerConfig:
+        vision = getattr(config, "vision_config", config)
+        projection = getattr(config, "projection_dim", None) or vision.projection_dim
+        return cls(vision.num_hidden_layers, vision.hidden_size, vision.intermediate_size,
+                   vision.num_attention_heads, vision.patch_size, vision.image_size, projection,
+                   vision.layer_norm_eps, vision.hidden_act)
 
 
 @dataclass(frozen=True)
@@ -52,6 +80,8 @@ class Preprocessing:
 
     def array(self, image: Image.Image) -> np.ndarray:
         """One RGB image -> float32 array (3, size, size), normalised."""
+        from PIL import Image
+
         image = image.convert("RGB") if image.mode != "RGB" else image
         w, h = image.size
         scale = self.size / min(w, h)
@@ -66,21 +96,56 @@ class Preprocessing:
         return (arr - mean) / std
 
     def __call__(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        import torch
+
         return torch.from_numpy(np.stack([self.array(im) for im in images]))
 
     def to_unit(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Normalised pixels -> [0, 1] pixels (for perturbations in pixel space)."""
+        import torch
+
         mean = torch.tensor(self.mean, dtype=pixel_values.dtype).view(1, 3, 1, 1)
         std = torch.tensor(self.std, dtype=pixel_values.dtype).view(1, 3, 1, 1)
         return pixel_values * std + mean
 
     def from_unit(self, unit: torch.Tensor) -> torch.Tensor:
+        import torch
+
         mean = torch.tensor(self.mean, dtype=unit.dtype).view(1, 3, 1, 1)
         std = torch.tensor(self.std, dtype=unit.dtype).view(1, 3, 1, 1)
         return (unit - mean) / std
 
 
-@dataclass
+def _as_torch(a):
+    """A torch tensor of ``a`` (a numpy array is wrapped without a copy, or copied when read-only)."""
+    if not isinstance(a, np.ndarray):
+        return a
+    import torch
+
+    return torch.from_numpy(a if a.flags.writeable else a.copy())
+
+
+def _as_numpy(a) -> np.ndarray:
+    """A numpy array of ``a`` (a CPU torch tensor is viewed without a copy)."""
+    return a if isinstance(a, np.ndarray) else a.detach().cpu().numpy()
+
+
+def _take(a, index):
+    if isinstance(a, np.ndarray):
+        return a[np.asarray(index, dtype=np.int64)]
+    import torch
+
+    return a[torch.as_tensor(index, dtype=torch.long)]
+
+
+def _cat(parts: list):
+    if all(isinstance(p, np.ndarray) for p in parts):
+        return np.concatenate(parts)
+    import torch
+
+    return torch.cat([_as_torch(p) for p in parts])
+
+
 class Trunk:
     """Frozen features of a batch of images: what the trunk pass gives every verifier.
 
@@ -88,28 +153,65 @@ class Trunk:
     the final layer norm). ``embeds``: (N, P) float32 image embedding (after post-LN and projection,
     not normalised). ``kv``: {block: (N, 2, T-1, D) float16}, keys and values of the patch tokens in
     the attention of ``block``.
+
+    The arrays are kept as they were given: numpy arrays (the feature cache reads them so, without
+    torch) or torch tensors (a trunk pass). ``cls``, ``embeds`` and ``kv`` are torch tensors (a numpy
+    array becomes one on first use, sharing its memory; torch is imported then); ``cls_array``,
+    ``embeds_array`` and ``kv_arrays`` are numpy arrays and never import torch.
     """
 
-    cls: torch.Tensor
-    embeds: torch.Tensor
-    kv: dict[int, torch.Tensor] = field(default_factory=dict)
+    def __init__(self, cls: np.ndarray | torch.Tensor, embeds: np.ndarray | torch.Tensor,
+                 kv: dict[int, np.ndarray | torch.Tensor] | None = None):
+        self._cls, self._embeds, self._kv = cls, embeds, dict(kv or {})
+
+    @property
+    def cls(self) -> torch.Tensor:
+        self._cls = _as_torch(self._cls)
+        return self._cls
+
+    @property
+    def embeds(self) -> torch.Tensor:
+        self._embeds = _as_torch(self._embeds)
+        return self._embeds
+
+    @property
+    def kv(self) -> dict[int, torch.Tensor]:
+        self._kv = {b: _as_torch(t) for b, t in self._kv.items()}
+        return self._kv
+
+    @property
+    def cls_array(self) -> np.ndarray:
+        return _as_numpy(self._cls)
+
+    @property
+    def embeds_array(self) -> np.ndarray:
+        return _as_numpy(self._embeds)
+
+    @property
+    def kv_arrays(self) -> dict[int, np.ndarray]:
+        return {b: _as_numpy(t) for b, t in self._kv.items()}
+
+    @property
+    def blocks(self) -> tuple[int, ...]:
+        """The blocks whose keys/values this trunk output holds."""
+        return tuple(sorted(self._kv))
 
     def __len__(self) -> int:
-        return self.cls.shape[0]
+        return self._cls.shape[0]
 
     def select(self, index) -> Trunk:
-        index = torch.as_tensor(index, dtype=torch.long)
-        return Trunk(self.cls[index], self.embeds[index], {k: v[index] for k, v in self.kv.items()})
+        return Trunk(_take(self._cls, index), _take(self._embeds, index),
+                     {k: _take(v, index) for k, v in self._kv.items()})
 
     @staticmethod
     def concat(parts: Sequence[Trunk]) -> Trunk:
         if not parts:
             raise ValueError("no trunk outputs to concatenate")
-        keys = set(parts[0].kv)
+        keys = set(parts[0]._kv)
         return Trunk(
-            torch.cat([p.cls for p in parts]),
-            torch.cat([p.embeds for p in parts]),
-            {k: torch.cat([p.kv[k] for p in parts]) for k in sorted(keys)},
+            _cat([p._cls for p in parts]),
+            _cat([p._embeds for p in parts]),
+            {k: _cat([p._kv[k] for p in parts]) for k in sorted(keys)},
         )
 
 
@@ -173,6 +275,8 @@ class Backbone:
         for b in blocks:
             if not 0 <= b < self.num_layers:
                 raise ValueError(f"block {b} out of range for a {self.num_layers}-block tower")
+        import torch
+
         with torch.inference_mode():
             return self._trunk(pixel_values, blocks)
 
@@ -207,14 +311,16 @@ def empty_trunk(backbone: Backbone, blocks: Sequence[int]) -> Trunk:
     """A trunk output of no images, with the shapes ``backbone`` gives (keys/values for ``blocks``)."""
     d = backbone.hidden_size
     return Trunk(
-        torch.zeros(0, backbone.num_layers + 1, d),
-        torch.zeros(0, backbone.projection_dim),
-        {b: torch.zeros(0, 2, backbone.num_patches, d, dtype=torch.float16) for b in blocks},
+        np.zeros((0, backbone.num_layers + 1, d), np.float32),
+        np.zeros((0, backbone.projection_dim), np.float32),
+        {b: np.zeros((0, 2, backbone.num_patches, d), np.float16) for b in blocks},
     )
 
 
 def patch_keys_values(layer: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     """(N, 2, T-1, D): keys and values of the patch tokens of ``hidden`` (N, T, D) in ``layer``."""
+    import torch
+
     x = layer.layer_norm1(hidden[:, 1:])
     return torch.stack([layer.self_attn.k_proj(x), layer.self_attn.v_proj(x)], dim=1)
 
@@ -227,6 +333,8 @@ def tower_device(vision: torch.nn.Module) -> torch.device:
 def torch_trunk(vision: torch.nn.Module, pixel_values: torch.Tensor, blocks: tuple[int, ...]) -> Trunk:
     """Trunk pass in torch for any transformers CLIP image tower, on the tower's device (the whole
     batch at once); the features come back on the CPU."""
+    import torch
+
     out = vision.vision_model(pixel_values=pixel_values.to(tower_device(vision)), output_hidden_states=True)
     hs = out.hidden_states
     cls = torch.stack([h[:, 0] for h in hs], 1).float().cpu()
@@ -245,9 +353,12 @@ def check_torch_device(device: str) -> str:
 
     if device not in DEVICES:
         raise UsageError(f"unknown device {device!r}; choose from {', '.join(DEVICES)}")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda: torch sees no CUDA device on this machine (torch.cuda.is_available() "
-                         "is False)")
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UsageError("--device cuda: torch sees no CUDA device on this machine "
+                             "(torch.cuda.is_available() is False)")
     return device
 
 

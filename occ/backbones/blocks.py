@@ -8,34 +8,12 @@ names (``layer_norm1``, ``self_attn.{q,k,v,out}_proj``, ``layer_norm2``, ``mlp``
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-
-@dataclass(frozen=True)
-class TowerConfig:
-    """The shape of a CLIP image tower."""
-
-    num_layers: int
-    hidden_size: int
-    intermediate_size: int
-    num_heads: int
-    patch_size: int
-    image_size: int
-    projection_dim: int
-    layer_norm_eps: float = 1e-5
-    hidden_act: str = "quick_gelu"
-
-    @classmethod
-    def from_transformers(cls, config) -> TowerConfig:
-        vision = getattr(config, "vision_config", config)
-        projection = getattr(config, "projection_dim", None) or vision.projection_dim
-        return cls(vision.num_hidden_layers, vision.hidden_size, vision.intermediate_size,
-                   vision.num_attention_heads, vision.patch_size, vision.image_size, projection,
-                   vision.layer_norm_eps, vision.hidden_act)
+from occ.backbones.base import TowerConfig  # (defined without torch, beside the rest of the contract)
 
 
 class _Attention(nn.Module):

@@ -27,11 +27,11 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from occ.backbones.base import (
     Backbone,
     Preprocessing,
+    TowerConfig,
     Trunk,
     check_torch_device,
     empty_trunk,
@@ -40,7 +40,6 @@ from occ.backbones.base import (
     torch_trunk,
     tower_device,
 )
-from occ.backbones.blocks import TowerConfig, load_block
 from occ.errors import BackboneError
 from occ.paths import cache_dir, sha256_file
 
@@ -169,6 +168,7 @@ def dequantised_state_dict(onnx_path: Path) -> dict[str, np.ndarray]:
 
 def build_fp32(onnx_path: Path, out_dir: Path) -> Path:
     """Write a ``save_pretrained``-style folder with the dequantised fp32 image tower."""
+    import torch
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
     quiet_transformers()
@@ -297,7 +297,7 @@ class EmbeddedBackbone(Backbone):
             projection_dim=VISION_CONFIG["projection_dim"], layer_norm_eps=VISION_CONFIG["layer_norm_eps"],
             hidden_act=VISION_CONFIG["hidden_act"])
         self._vision = None
-        self._blocks: dict[int, torch.nn.Module] = {}
+        self._blocks = {}  # block index -> frozen block (occ.backbones.blocks), loaded on first use
         self._session = None
 
     @property
@@ -315,6 +315,8 @@ class EmbeddedBackbone(Backbone):
         if self._vision is not None and tower_device(self._vision).type == "cpu":
             return self._vision.vision_model.encoder.layers[index]
         if index not in self._blocks:
+            from occ.backbones.blocks import load_block
+
             self._blocks[index] = load_block(self._folder / "model.safetensors", index, self.config)
         return self._blocks[index]
 
@@ -350,7 +352,7 @@ class EmbeddedBackbone(Backbone):
             names += [KEY_OUTPUTS[b], VALUE_OUTPUTS[b]]
         outs = self._onnx_session().run(names, {"pixel_values": pixel_values.numpy()})
         embeds, hidden, kv_out = outs[0], outs[1:14], outs[14:]
-        cls = torch.from_numpy(np.stack([h[:, 0] for h in hidden], 1))
-        kv = {b: torch.from_numpy(np.stack([kv_out[2 * i][:, 1:], kv_out[2 * i + 1][:, 1:]], 1).astype(np.float16))
+        cls = np.stack([h[:, 0] for h in hidden], 1)
+        kv = {b: np.stack([kv_out[2 * i][:, 1:], kv_out[2 * i + 1][:, 1:]], 1).astype(np.float16)
               for i, b in enumerate(blocks)}
-        return Trunk(cls, torch.from_numpy(embeds), kv)
+        return Trunk(cls, embeds, kv)

@@ -17,12 +17,12 @@ from occ.backbones.base import (
     CLIP_STD,
     Backbone,
     Preprocessing,
+    TowerConfig,
     check_torch_device,
     freeze,
     quiet_transformers,
     torch_trunk,
 )
-from occ.backbones.blocks import TowerConfig
 from occ.errors import BackboneError, first_line
 from occ.paths import cache_dir, sha256_file
 

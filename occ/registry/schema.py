@@ -229,9 +229,15 @@ def check_tensor_bytes(data: bytes, record: Mapping[str, Any], where: str) -> No
         raise registry_error(f"{where} was modified or corrupted (sha256 mismatch)")
 
 
-def parse_tensors(data: bytes, where: str) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load as safetensors_load
-
+def parse_tensors(data: bytes, where: str, framework: str = "torch") -> dict[str, torch.Tensor] | dict[str, Any]:
+    """The tensors of a safetensors file: torch tensors, or with ``framework="numpy"`` numpy arrays (no
+    torch import)."""
+    if framework == "numpy":
+        from safetensors.numpy import load as safetensors_load
+    elif framework == "torch":
+        from safetensors.torch import load as safetensors_load
+    else:
+        raise ValueError(f"unknown tensor framework {framework!r}; choose torch or numpy")
     try:
         return safetensors_load(data)
     except Exception as exc:  # the parser raises its own error types; any of them means "not valid"

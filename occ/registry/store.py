@@ -145,12 +145,14 @@ class Registry:
         """The verified ``verifier.json`` of ``name`` (tensors are not read)."""
         return self._read(name, with_tensors=False).record
 
-    def load(self, name: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    def load(self, name: str, framework: str = "torch") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """Tensors and metadata of ``name``, both verified against their checksums. Which backbone the
-        source needs is the verifier's business (:func:`occ.verifier.check_backbone`), not the store's."""
+        source needs is the verifier's business (:func:`occ.verifier.check_backbone`), not the store's.
+        ``framework="numpy"``: the tensors as numpy arrays, without importing torch."""
         read = self._read(name, with_tensors=True)
         assert read.tensor_bytes is not None
-        return parse_tensors(read.tensor_bytes, f"source {q(name)}: {read.record.path / TENSOR_FILE}"), read.record.meta
+        where = f"source {q(name)}: {read.record.path / TENSOR_FILE}"
+        return parse_tensors(read.tensor_bytes, where, framework), read.record.meta
 
     def _read_registry_file(self) -> dict[str, Any] | None:
         path = self.root / REGISTRY_FILE
