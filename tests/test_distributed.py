@@ -4,7 +4,6 @@ for the module. Answers are compared with ``occ attribute --json`` (the plain en
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import clikit
@@ -88,7 +87,8 @@ def test_a_ray_dataset_of_paths_and_parquet_output(ray_runtime, w, tiny_clip_dir
     for row in table.to_pylist():
         assert row["error"] is None and row["source"] == expected[row["path"]]["source"]
         assert row["accepted"] == expected[row["path"]]["accepted"]
-        assert {k: round(v, 6) for k, v in row["scores"].items()} == expected[row["path"]]["scores"]
+        # to float rounding, as above: the actors' matrix products run on other thread counts
+        assert row["scores"] == pytest.approx(expected[row["path"]]["scores"], abs=1e-5)
 
 
 def test_cli_engine_ray_jsonl_and_parquet(ray_runtime, w, inputs, plain, tmp_path) -> None:
@@ -122,56 +122,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def head_node():
-    """A real Ray head node started with ``ray start --head`` on a free loopback port (its own process
-    group, stopped after the test). Token authentication is off: the cluster listens on loopback only."""
-    import os
-    import shutil
-    import signal
-    import subprocess
-    import sys
+def test_an_address_where_nothing_listens_is_refused_at_once() -> None:
     import time
 
-    ray_cli = shutil.which("ray", path=os.path.dirname(sys.executable)) or shutil.which("ray")
-    if ray_cli is None:
-        pytest.skip("the ray command is not installed")
-    port = _free_port()
-    env = clikit.subprocess_env(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
-    head = subprocess.Popen([ray_cli, "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1",
-                             "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats"],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-    address = f"127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while subprocess.run([ray_cli, "status", f"--address={address}"], env=env, capture_output=True,
-                             timeout=60).returncode != 0:
-            if head.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"ray head did not start: {head.stderr.read().decode()[-2000:]}")
-            time.sleep(1)
-        yield address
-    finally:
-        os.killpg(head.pid, signal.SIGTERM)
-        try:
-            head.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
-            head.wait()
+    from occ.errors import OccError
 
-
-def test_cli_joins_a_running_cluster_with_ray_address(head_node, w, inputs, plain) -> None:
-    run = clikit.run_occ("attribute", *inputs, "--registry", w.reg_ab, "--json", "--engine", "ray",
-                         "--workers", "2", "--ray-address", head_node, timeout=300)
-    assert run.returncode == 1, run.stderr  # two inputs failed, the rest were processed
-    rows = [json.loads(line) for line in run.stdout.splitlines()]
-    assert [r["path"] for r in rows] == [r["path"] for r in distributed.path_rows(inputs)]
-    ours, theirs = by_path(rows), by_path(plain)
-    for key, row in ours.items():
-        other = theirs[key]
-        assert {k: v for k, v in row.items() if k != "scores"} == {k: v for k, v in other.items() if k != "scores"}
-        for name, score in row.get("scores", {}).items():
-            assert score == pytest.approx(other["scores"][name], abs=1e-5)
-    # an address where no cluster runs is one clear error
-    run = clikit.run_occ("attribute", w.a_test, "--registry", w.reg_ab, "--engine", "ray",
-                         "--ray-address", f"127.0.0.1:{_free_port()}", timeout=300)
-    assert run.returncode != 0 and "cannot join the Ray cluster at 127.0.0.1:" in run.stderr, run.stderr
+    start = time.monotonic()
+    with pytest.raises(OccError, match=r"cannot join the Ray cluster at 127\.0\.0\.1:\d+: nothing answers there"):
+        distributed._check_reachable(f"127.0.0.1:{_free_port()}")
+    assert time.monotonic() - start < distributed.CONNECT_TIMEOUT_S
+    distributed._check_reachable("auto")  # not host:port: left to Ray
