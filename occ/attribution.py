@@ -164,6 +164,7 @@ class Attributor:
             raw = {name: self.verifiers[name].decision_function(batch) for name in own}
         calibrations = {name: self.verifiers[name].calibration_ for name in own}
         accepted = {name: calibrations[name].accept(raw[name]) for name in own}
+        calibrated = {name: calibrations[name].probability(raw[name]) for name in own}
         if self._joint_names:
             from occ.evidence import evidence
 
@@ -174,7 +175,7 @@ class Attributor:
                     raw[name] = joint.raw[:, j].astype(np.float64)
                     calibrations[name] = self.joint.calibrations_[name]
                     accepted[name] = joint.named == j
-        calibrated = {name: calibrations[name].probability(r) for name, r in raw.items()}
+                    calibrated[name] = joint.scores[:, j]
         thresholds = {name: calibrations[name].calibrated_threshold for name in self.verifiers}
         raw_thresholds = {name: calibrations[name].threshold for name in self.verifiers}
         out = []

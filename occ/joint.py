@@ -152,7 +152,6 @@ class JointDecisions:
     scores: np.ndarray  # (N, K) 0..1 scores
     accepts: np.ndarray  # (N, K) bool: the margin reaches the threshold and the row lies within the radius
     named: np.ndarray  # (N,) column of the named source (the largest margin, if it accepts), -1: unknown
-    order: np.ndarray  # (N, K) columns by decreasing margin (ties in ``names`` order)
 
 
 class JointModel:
@@ -232,19 +231,19 @@ class JointModel:
         rows = np.arange(len(raw))
         best = raw.argmax(1)  # the nearest source (the first of equal margins)
         named = np.where(accepts[rows, best], best, -1)
-        order = np.argsort(-raw, axis=1, kind="stable")  # per row, sources by margin, ties in name order
-        return JointDecisions(list(names), raw, scores, accepts, named, order)
+        return JointDecisions(list(names), raw, scores, accepts, named)
 
     def decide(self, x: np.ndarray) -> list[tuple[str | None, dict[str, float], dict[str, float], list[str]]]:
         """Per row: (named source or None, 0..1 score per source, raw margin per source, sources whose
         threshold the margin reaches and whose radius holds the row, best first). See :meth:`decide_arrays`."""
         d = self.decide_arrays(x)
         names = d.names
-        ranked = np.take_along_axis(d.accepts, d.order, 1)
+        order = np.argsort(-d.raw, axis=1, kind="stable")  # per row, sources by margin, ties in name order
+        ranked = np.take_along_axis(d.accepts, order, 1)
         raw, scores = d.raw.tolist(), d.scores.tolist()
         return [(names[n] if n >= 0 else None, dict(zip(names, s)), dict(zip(names, r)),
                  [names[j] for j in o[a]])
-                for n, s, r, o, a in zip(d.named.tolist(), scores, raw, d.order, ranked)]
+                for n, s, r, o, a in zip(d.named.tolist(), scores, raw, order, ranked)]
 
     def set_threshold(self, name: str, far: float | None = None, target_tpr: float | None = None) -> Calibration:
         self.calibrations_[name] = self._floored(self.calibrations_[name].with_far(far, target_tpr))
