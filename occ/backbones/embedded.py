@@ -276,8 +276,10 @@ def unsigned_matmul_weights(model) -> None:
             shifted.add(name)
 
     for node in model.graph.node:
-        weight = node.input[1] if node.op_type == "MatMulInteger" else None
-        if weight not in inits or (weight not in shifted and inits[weight].data_type != TensorProto.INT8):
+        if node.op_type != "MatMulInteger":
+            continue
+        weight = node.input[1]  # an int8 initialiser, or one this loop has already shifted
+        if weight not in shifted and (weight not in inits or inits[weight].data_type != TensorProto.INT8):
             continue
         shift(weight)
         while len(node.input) < 4:
