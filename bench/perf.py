@@ -209,8 +209,9 @@ def _env(cache: Path, registry: Path) -> dict:
 def _seed_backbone(cache: Path) -> None:
     """Give a fresh cache the already-built embedded backbone (so 'cold' means cold features): a link to
     the built folder, which is only read."""
-    from occ.backbones.embedded import embedded_dir
+    from occ.backbones.embedded import embedded_dir, ensure_embedded
 
+    ensure_embedded()  # a fresh machine: fetch and build it once, into the default cache
     target = cache / "backbones"
     target.mkdir(parents=True, exist_ok=True)
     if not (target / embedded_dir().name).exists():

@@ -158,6 +158,8 @@ def attribute_paths(inputs: Iterable, *, registry_root: str | os.PathLike, sourc
                     backbone: str | None = None, workers: int = 1, threads: int = 1, device: str = "cpu",
                     address: str | None = None, batch_size: int = DEFAULT_BATCH) -> tuple[int, Iterator]:
     """(number of rows, iterator of Arrow record batches of result rows in input order)."""
+    import logging
+
     import ray.data
 
     rows = path_rows(inputs)
@@ -167,6 +169,9 @@ def attribute_paths(inputs: Iterable, *, registry_root: str | os.PathLike, sourc
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True
     context.enable_progress_bars = False  # the CLI shows its own
+    # and its own summary: Ray Data's per-run log lines (execution plan, "finished in") would mix with it
+    # on stderr; a failing run still raises
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
     # enough blocks for every worker to have work, batch-sized where there are plenty of images
     blocks = min(len(rows), max(4 * workers, min(math.ceil(len(rows) / batch_size), 1000)))
     ds = ray.data.from_items(rows, override_num_blocks=blocks)

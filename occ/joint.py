@@ -252,11 +252,20 @@ class JointModel:
     # -- persistence --------------------------------------------------------------------------------
 
     def to_saved(self) -> tuple[dict[str, np.ndarray], dict]:
+        """(tensors, JSON metadata). Each source's held-out scores go in the tensors (float64, so a stored
+        model re-chooses exactly the thresholds an in-memory one does): a source's non-target scores
+        cover every other source's rows, so as JSON they grew with the square of the registry's size
+        and dominated reading a large registry."""
         g = self.geometry_
         tensors = {"mean": g.mean, "proj": g.proj, "centres": g.centres}
+        calibrations = {}
+        for n, c in self.calibrations_.items():
+            params = c.to_dict()
+            for key in ("pos_scores", "neg_scores"):
+                tensors[_scores_key(key, n)] = np.asarray(params.pop(key), dtype=np.float64)
+            calibrations[n] = params
         meta = {"dims": self.dims, "folds": self.folds, "seed": self.seed, "min_margin": self.min_margin,
-                "names": list(self.names_),
-                "calibrations": {n: c.to_dict() for n, c in self.calibrations_.items()}, "radii": dict(self.radii_),
+                "names": list(self.names_), "calibrations": calibrations, "radii": dict(self.radii_),
                 "n_rows": dict(self.n_rows_)}
         return tensors, meta
 
@@ -268,10 +277,17 @@ class JointModel:
         if proj.shape != (len(mean), centres.shape[1]) or centres.shape[0] != len(model.names_) + 1:
             raise ValueError("joint model tensors do not fit together")
         model.geometry_ = Geometry(mean, proj, centres)
-        model.calibrations_ = {n: Calibration.from_dict(meta["calibrations"][n]) for n in model.names_}
+        model.calibrations_ = {n: Calibration.from_dict(
+            meta["calibrations"][n] | {key: np.asarray(tensors[_scores_key(key, n)], dtype=np.float64).tolist()
+                                       for key in ("pos_scores", "neg_scores")}) for n in model.names_}
         model.radii_ = {n: float(meta["radii"][n]) for n in model.names_}
         model.n_rows_ = dict(meta.get("n_rows", {}))
         return model
+
+
+def _scores_key(kind: str, name: str) -> str:
+    """The tensor that holds source ``name``'s held-out ``pos_scores`` or ``neg_scores``."""
+    return f"{kind.removesuffix('_scores')}:{name}"
 
 
 def _per(value: float | Mapping[str, float], name: str) -> float:

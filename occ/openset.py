@@ -40,7 +40,7 @@ if TYPE_CHECKING:  # torch only where a source's tensors are made (enrollment): 
 EVIDENCE_PREFIX = "evidence."  # a source's stored training evidence in its safetensors (not part of its head)
 
 JOINT_PREFIX = "joint-"  # <registry>/joint-<backbone key>.safetensors: one model per backbone
-JOINT_FORMAT = "occ-joint-v1"
+JOINT_FORMAT = "occ-joint-v2"  # v2: held-out scores in the tensors, not the JSON
 EVIDENCE_KEYS = tuple(EVIDENCE_PREFIX + k for k in ("cls", "ids", "neg_cls", "neg_ids"))
 BANK_SEED = 0
 BANK_KEY = "default bank"  # the key enrollment records in a source's "negatives" when it used the bank
@@ -205,11 +205,12 @@ def discard(registry, fingerprint: str | None = None) -> None:
 
 
 def _write(registry, model: JointModel, manifest: dict) -> None:
-    path = joint_path(registry, manifest["backbone"])
     """Store ``model`` with the ``manifest`` of what it was fitted on, atomically (one file replaced)."""
     from safetensors.numpy import save as st_save
 
     from occ.registry.files import atomic_write
+
+    path = joint_path(registry, manifest["backbone"])
 
     tensors, meta = model.to_saved()
     meta["manifest"] = manifest
@@ -259,8 +260,11 @@ def joint_for(registry, backbone: Backbone, *, extractor=None, settings: JointSe
         return model, False
     model = _fit(sources, backbone, extractor or FeatureExtractor(backbone), settings, progress)
     # stale: the stored model was fitted on other versions than the readable sources have (sources that
-    # cannot be read are reported as such, and explain a difference by themselves)
-    stale = stored is not None and {n: v for n, v in stored[1]["sources"].items() if n not in skipped} != \
+    # cannot be read are reported as such, and explain a difference by themselves), or it is there but
+    # cannot be read (damaged, or written in an older format)
+    if stored is None:
+        return model, os.path.isfile(joint_path(registry, backbone.fingerprint))
+    stale = {n: v for n, v in stored[1]["sources"].items() if n not in skipped} != \
         _manifest(sources, backbone, settings)["sources"]
     return model, stale
 

@@ -226,6 +226,30 @@ def test_refit_command_stores_a_matching_model(tmp_path, images, tiny_vision_dir
     assert run.code == 0 and "nothing to refit" in run.stderr, run
 
 
+def test_stored_model_keeps_every_held_out_score_and_an_unreadable_one_is_stale(tmp_path, images,
+                                                                               tiny_vision_backbone):
+    import json
+
+    from safetensors import safe_open
+
+    reg = _enroll_all(tmp_path / "r", ["noise", "grad"], images, tiny_vision_backbone)
+    path = joint_path(reg, tiny_vision_backbone.fingerprint)
+    stored, stale = joint_for(reg, tiny_vision_backbone)
+    assert not stale
+    path.rename(path.with_suffix(".away"))
+    fitted, _ = joint_for(reg, tiny_vision_backbone)  # the same fit, in memory
+    path.with_suffix(".away").rename(path)
+    for name in ("grad", "noise"):
+        assert stored.calibrations_[name] == fitted.calibrations_[name]  # scores, thresholds, Platt: exact
+    with safe_open(str(path), framework="numpy") as f:
+        meta = json.loads(f.metadata()["occ"])
+        assert f.get_tensor("neg:noise").dtype == np.float64
+    assert "neg_scores" not in meta["calibrations"]["noise"]  # not in the JSON, whose size grew as N^2
+    path.write_bytes(path.read_bytes()[:100])  # damaged (or written by an older occ): refit, and say so
+    model, stale = joint_for(reg, tiny_vision_backbone)
+    assert stale and model.names_ == ["grad", "noise"]
+
+
 def test_verify_and_attribute_agree(tmp_path, images, tiny_vision_dir, tiny_vision_backbone):
     import json
 
