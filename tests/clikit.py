@@ -68,6 +68,15 @@ def invoke(*args, env: dict | None = None, input: str | None = None) -> Run:
     return Run(result.exit_code, result.stdout, result.stderr, argv)
 
 
+def free_port() -> int:
+    """A TCP port free on loopback now (for a server or a Ray head a test starts)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def json_lines(text: str) -> list[dict]:
     rows = []
     for line in text.splitlines():

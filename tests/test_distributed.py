@@ -8,7 +8,7 @@ from pathlib import Path
 
 import clikit
 import pytest
-from clikit import check_attribute_row, check_error_row, invoke
+from clikit import check_attribute_row, check_error_row, free_port, invoke
 
 ray = pytest.importorskip("ray")
 pq = pytest.importorskip("pyarrow.parquet")
@@ -114,14 +114,6 @@ def test_output_needs_the_ray_engine_and_parquet(w, tmp_path) -> None:
 
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_an_address_where_nothing_listens_is_refused_at_once() -> None:
     import time
 
@@ -129,6 +121,6 @@ def test_an_address_where_nothing_listens_is_refused_at_once() -> None:
 
     start = time.monotonic()
     with pytest.raises(OccError, match=r"cannot join the Ray cluster at 127\.0\.0\.1:\d+: nothing answers there"):
-        distributed._check_reachable(f"127.0.0.1:{_free_port()}")
+        distributed._check_reachable(f"127.0.0.1:{free_port()}")
     assert time.monotonic() - start < distributed.CONNECT_TIMEOUT_S
     distributed._check_reachable("auto")  # not host:port: left to Ray

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import clikit
 import pytest
-from clikit import invoke, json_lines
+from clikit import free_port, invoke, json_lines
 
 pytest.importorskip("ray")
 
@@ -31,14 +31,6 @@ RAY = Path(sys.executable).parent / "ray"
 @pytest.fixture(scope="module")
 def w(tmp_path_factory, tiny_clip_dir) -> clikit.World:
     return clikit.world(tmp_path_factory, tiny_clip_dir)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _processes_under(folder: Path) -> list[int]:
@@ -61,7 +53,7 @@ def head():
     """(address, environment with the cluster's token) of a Ray head on a free loopback port."""
     if not RAY.exists():
         pytest.skip("the ray command is not installed beside this Python")
-    port = _free_port()
+    port = free_port()
     temp = Path(tempfile.mkdtemp(prefix="occray", dir="/tmp"))  # short: Ray's socket paths have a length limit
     env = os.environ | {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
                         "RAY_USAGE_STATS_ENABLED": "0"}
@@ -114,7 +106,7 @@ def test_attribute_joins_the_cluster_at_the_address(w, head, tmp_path) -> None:
             assert score == pytest.approx(theirs["scores"][name], abs=1e-5)
 
 
-def test_a_wrong_token_is_one_line_naming_the_address(w, head) -> None:
+def test_a_wrong_token_ends_in_a_line_naming_the_address(w, head) -> None:
     address, env = head
     run = _occ("attribute", w.good(3), "--registry", w.reg_ab, "--json", "--engine", "ray",
                "--ray-address", address, env=env | {"RAY_AUTH_TOKEN": secrets.token_hex(32)})
