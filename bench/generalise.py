@@ -1,12 +1,32 @@
 """Generalisation protocol: design choices selected on validation generators, reported on others.
 
     python bench/generalise.py --out bench/results/generalise.json [--seeds 3] [--shots 10] [--known 4]
+        [--protocol content gan] [--no-prompt]
 
 What it does (every figure through the code path the CLI uses: ``occ.enrollment.enroll`` into a real
 registry, ``occ.openset.refit``, ``occ.attribution.Attributor``):
 
 * every devset image is normalised (bottom 3 % cropped, shortest side 256, lossless PNG, written under
   ``bench/work/norm``) so that size, format and watermark strips tell nothing;
+
+**Content-matched splits** (``--protocol content``, the hard case: generators that draw the same
+subjects). Two groups of four generators made from one prompt list each: ``imagen-*`` (latent
+diffusion, DALL-E mini, GLID-3-XL, Disco Diffusion) and ``t2icmp-*`` (SDXL, PixArt-alpha, Playground v2,
+Kandinsky 3). A draw (per group and seed) enrolls three of the four with ``--shots`` images each; the
+fourth (a different one for each seed) and the group's real photos are the unknowns. Shots come from
+the *same* prompts for every enrolled source ("many": prompts drawn at random, one image each where
+possible), and test images only from prompts no shot used, so content says nothing about the source.
+For ``imagen-*`` a second draw takes each source's shots from its largest prompt groups ("few": one to
+three prompts, as a user's samples from one session often are). Photos: the ``imagen`` split reads
+real-imagenet, real-kodak and real-sam, the ``t2icmp`` split real-dif, real-cnndet, real-skimage and
+real-scenetext; false accepts are reported per kind of photo. Roles rotate as for the GAN-era folds:
+the joint model's log-odds (``occ.joint`` point 3: the discriminant, or the logistic regression at
+C = 1 or 0.1) are selected on one group ("many" draws) and reported on the other, beside the baselines
+below and the previous default (the discriminant's margins) measured on the same draws. Every split
+is reported on its own, and the worst split beside the mean.
+
+**GAN-era folds** (``--protocol gan``; most of their generators differ in content, so they say little
+about look-alike generators and are reported as their own rows):
 * the generators with enough images are split into two **folds** of disjoint generators, each with
   its own generators that are only ever unknowns and its own real photos (photos unlike the shipped
   bank). Roles rotate: choices are selected on fold A and reported on fold B, then the reverse. No
@@ -15,11 +35,14 @@ registry, ``occ.openset.refit``, ``occ.attribution.Attributor``):
   each, drawn by prompt group (test images come from other prompts); the fold's other generators
   (including ones sharing prompts with the enrolled ones), its unknown-only generators and its real
   photos are the unknowns. Sources are enrolled in a random order;
-* candidates: the joint model's principal directions (64 / 128 / 256), the TPR rule (0.90 / 0.95), the
-  threshold floor (none / margin >= 0, ``occ.joint`` point 5) and the number of laundered training views
-  per image (1 / 2 / 3, for the shots and the bank alike). Selection maximises open-set AUROC plus the
-  mean of known-correct and unknown-rejected rates on the validation fold;
-* reported on the other fold, beside baselines measured on the same draws and features: logistic
+* candidates: the joint model's log-odds, as for the content-matched splits. The other settings are
+  occ's defaults (256 principal directions, TPR rule 0.90, threshold floor 0, two laundered views per
+  training image), chosen by the grid over 64 / 128 / 256 directions, TPR 0.90 / 0.95, floor none / 0
+  and 1 / 2 / 3 views that this protocol ran before (its results are in the git history of
+  ``bench/results/generalise.json``, stop 19). Selection maximises open-set AUROC plus the mean of
+  known-correct and unknown-rejected rates on the validation fold (or group);
+
+Both kinds of split report, beside baselines measured on the same draws and features: logistic
   regression (class-balanced, C=1, standardised) on the final embedding and on the best block's CLS
   token (picked by cross-validation on the training set, :func:`occ.probe.pick_block`), USIA's
   multi-class logistic regression over the known sources with max-softmax rejection (threshold at
@@ -42,6 +65,8 @@ from pathlib import Path
 
 import numpy as np
 
+from occ.joint import DEFAULT_DISCRIMINATIVE
+
 ROOT = Path(__file__).resolve().parents[1]
 DEVSET = ROOT.parent / "shared" / "data" / "devset"
 NORM = ROOT / "bench" / "work" / "norm"
@@ -54,10 +79,6 @@ FOLDS = {
                      "cnndet-stargan", "cnndet-stylegan", "cpondoc-dalle2"],
           "unknown": ["dif-dallemini", "dif-mj", "dif-sd21"], "real": ["real-dif", "real-cnndet"]},
 }
-VIEWS = (1, 2, 3)  # laundered views per training image (the shots and the bank alike)
-DIMS = (64, 128, 256)
-TPRS = (0.90, 0.95)
-MIN_MARGINS = (None, 0.0)  # the joint model's threshold floor (occ.joint, point 5): none, or margin >= 0
 
 
 def normalise_devset() -> dict[str, list[tuple[Path, str]]]:
@@ -96,6 +117,56 @@ def split(items, rng, k):
         used.add(g)
         shots += [p for p, gg in items if gg == g][: k - len(shots)]
     return shots, [p for p, g in items if g not in used]
+
+
+CONTENT = {
+    "imagen": {"generators": ["imagen-disco", "imagen-dmin", "imagen-glid3", "imagen-ldif"],
+               "real": ["real-imagenet", "real-kodak", "real-sam"], "few": True},
+    "t2icmp": {"generators": ["t2icmp-kandinsky3", "t2icmp-pixart", "t2icmp-playground2", "t2icmp-sdxl"],
+               "real": ["real-cnndet", "real-dif", "real-scenetext", "real-skimage"], "few": False},
+}
+DISCRIMINATIVE = (None, 1.0, 0.1)  # occ.joint point 3: the discriminant's margins, or LR at C = 1, 0.1
+
+
+def content_draw(data, group, seed, shots_n, few=False):
+    """A content-matched draw (see the module doc): three of the group's generators enrolled, the
+    fourth unknown; shots from prompts shared by every enrolled source ("many") or from each source's
+    largest prompt groups ("few"); test images from prompts that no shot used."""
+    rng = np.random.default_rng(seed)
+    gens = CONTENT[group]["generators"]
+    unknown = gens[seed % len(gens)]
+    known = [g for g in gens if g != unknown]
+    shots, used = {}, set()
+    if few:
+        for s in known:
+            sizes = {}
+            for _, g in data[s]:
+                sizes[g] = sizes.get(g, 0) + 1
+            order = sorted(sizes, key=lambda g, r=rng.random(len(sizes)), i={g: j for j, g in enumerate(sizes)}:
+                           (-sizes[g], r[i[g]]))
+            picked = []
+            for g in order:
+                if len(picked) >= shots_n:
+                    break
+                used.add(g)
+                picked += [p for p, gg in data[s] if gg == g][: shots_n - len(picked)]
+            shots[s] = picked
+    else:
+        common = sorted(set.intersection(*({g for _, g in data[s]} for s in known)))
+        prompts = rng.permutation(common).tolist()
+        for s in known:
+            picked = []
+            for g in prompts:
+                if len(picked) >= shots_n:
+                    break
+                used.add(g)
+                picked += [p for p, gg in data[s] if gg == g][: shots_n - len(picked)]
+            shots[s] = picked
+    tests = {s: [p for p, g in data[s] if g not in used] for s in known}
+    real_kind = {str(p): lab for lab in CONTENT[group]["real"] for p, _ in data[lab]}
+    return {"known": known, "order": rng.permutation(known).tolist(), "shots": shots, "tests": tests,
+            "unknown_gen": [p for p, _ in data[unknown]], "real": [Path(p) for p in real_kind],
+            "real_kind": real_kind, "unknown_name": unknown, "split": f"{group} {'few' if few else 'many'}"}
 
 
 def draw(data, fold, seed, known_n, shots_n):
@@ -153,7 +224,13 @@ def metrics(d, dec):
         ver.append(roc_auc(pos, neg))
     ck = [conf(dec[str(p)]) for p, _ in kpaths]
     cu = [conf(dec[str(p)]) for p in allu]
+    by_kind = {}
+    for p, kind in d.get("real_kind", {}).items():
+        by_kind.setdefault(kind, []).append(dec[p].source is not None)
     return {"verification_auc": float(np.mean(ver)), "open_set_auroc": roc_auc(ck, cu),
+            "closed_set_accuracy": float(np.mean([max(known, key=lambda n: dec[str(p)].raw[n]) == s
+                                                  for p, s in kpaths])),
+            **{f"real_accepted:{k}": float(np.mean(v)) for k, v in sorted(by_kind.items())},
             "known_correct": float(np.mean([dec[str(p)].source == s for p, s in kpaths])),
             "unknown_rejected": float(np.mean([dec[str(p)].source is None for p in allu])),
             "unknown_generators_rejected": float(np.mean([dec[str(p)].source is None for p in upaths])),
@@ -232,6 +309,7 @@ def baselines(d, extractor, seed):
     pu = m.predict_proba((unk[0][:, best] - mu) / sd)
     n_real = len(d["real"])
     out["usia_open_set_auroc"] = roc_auc(pk.max(1), pu.max(1))
+    out["usia_closed_set_accuracy"] = float(np.mean(pk.argmax(1) == yk))
     out["usia_known_correct"] = float(np.mean((pk.argmax(1) == yk) & (pk.max(1) >= tau)))
     out["usia_unknown_rejected"] = float(np.mean(pu.max(1) < tau))
     out["usia_real_accepted"] = float(np.mean(pu[len(pu) - n_real:].max(1) >= tau)) if n_real else float("nan")
@@ -242,7 +320,7 @@ def baselines(d, extractor, seed):
 
 
 def run_candidates(d, backbone, extractor, seed, views_list, dims_list, tprs, floors, with_prompt=False,
-                   order_check=False, launder=False):
+                   order_check=False, launder=False, discs=(DEFAULT_DISCRIMINATIVE,)):
     from occ.config import VerifierConfig
     from occ.openset import JointSettings, refit
     from occ.perturb import parse_perturb_spec
@@ -258,12 +336,13 @@ def run_candidates(d, backbone, extractor, seed, views_list, dims_list, tprs, fl
             for tpr in tprs:
                 for name in d["known"]:
                     set_threshold(registry, name, target_tpr=tpr)
-                for dims, floor in ((dims, floor) for dims in dims_list for floor in floors):
-                    settings = JointSettings(dims=dims, seed=seed, min_margin=floor, bank_views=views)
+                for dims, floor, disc in ((a, b, c) for a in dims_list for b in floors for c in discs):
+                    settings = JointSettings(dims=dims, seed=seed, min_margin=floor, bank_views=views,
+                                             discriminative=disc)
                     refit(registry, backbone, extractor=extractor, settings=settings)
                     dec = {x.path: x for x in decisions(registry, backbone, extractor, paths)}
                     row = {"method": "lda", "views": views, "dims": dims, "target_tpr": tpr, "min_margin": floor,
-                           **metrics(d, dec), "enroll_seconds": t_enroll}
+                           "discriminative": disc, **metrics(d, dec), "enroll_seconds": t_enroll}
                     if launder:
                         row["own_accept_clean"] = own_accept(d, dec)
                         kp = [p for s in d["known"] for p in d["tests"][s]]
@@ -296,25 +375,78 @@ def criterion(means: dict) -> float:
     return means["open_set_auroc"] + 0.5 * (means["known_correct"] + means["unknown_rejected"])
 
 
-def shipped_default(report: dict) -> dict:
-    """The configuration occ ships: the candidate with the best criterion averaged over both folds'
-    validation grids. (Each fold's *reported* configuration was chosen on the other fold alone; the
-    shipped one may use all the devset's generators, since no figure is reported for it as a whole.)"""
-    grids = [{(g["views"], g["dims"], g["target_tpr"], g["min_margin"]): criterion(g) for g in r["validation_grid"]}
-             for r in report["rotations"]]
-    keys = set.intersection(*(set(g) for g in grids))
-    pooled = {k: float(np.mean([g[k] for g in grids])) for k in keys}
-    ranked = sorted(pooled, key=lambda k: -pooled[k])
-    return {"rule": "best criterion averaged over both folds' validation grids",
-            "chosen": dict(zip(("views", "dims", "target_tpr", "min_margin"), ranked[0])),
-            "top": [{"views": k[0], "dims": k[1], "target_tpr": k[2], "min_margin": k[3],
-                     "pooled_criterion": round(pooled[k], 4)} for k in ranked[:5]]}
-
-
 def summarise(rows):
-    keys = [k for k in rows[0] if isinstance(rows[0][k], float)]
-    return {k: {"mean": float(np.nanmean([r[k] for r in rows])), "std": float(np.nanstd([r[k] for r in rows]))}
-            for k in keys}
+    keys = sorted({k for r in rows for k in r if isinstance(r[k], float)})
+    return {k: {"mean": float(np.nanmean([r.get(k, np.nan) for r in rows])),
+                "std": float(np.nanstd([r.get(k, np.nan) for r in rows]))} for k in keys}
+
+
+HIGHER = ("verification_auc", "open_set_auroc", "closed_set_accuracy", "known_correct", "unknown_rejected",
+          "unknown_generators_rejected")
+
+
+def worst(by_split: dict) -> dict:
+    """Per figure, the worst split's mean (lowest, or highest for the rate of real photos accepted)."""
+    out = {}
+    for k in HIGHER + ("real_accepted",):
+        vals = {s: v[k]["mean"] for s, v in by_split.items() if k in v}
+        if vals:
+            pick = max if k == "real_accepted" else min
+            split = pick(vals, key=vals.get)
+            out[k] = {"split": split, "mean": vals[split]}
+    return out
+
+
+def rotation(val_draws, rep_draws, backbone, extractor, with_prompt):
+    """Select the joint model's log-odds (:data:`DISCRIMINATIVE`) on ``val_draws``, report the choice on
+    ``rep_draws`` beside the previous default and the baselines, per split."""
+    from occ.evidence import DEFAULT_VIEWS
+    from occ.joint import DEFAULT_DIMS, DEFAULT_MIN_MARGIN
+
+    fixed = ([DEFAULT_VIEWS], [DEFAULT_DIMS], [0.9], [DEFAULT_MIN_MARGIN])
+    t0 = time.perf_counter()
+    val_rows = []
+    for seed, d in val_draws:
+        rows = run_candidates(d, backbone, extractor, seed, *fixed, discs=DISCRIMINATIVE)
+        val_rows += [r | {"seed": seed, "split": d["split"]} for r in rows]
+        print(f"validation {d['split']} seed {seed}: " + ", ".join(
+            f"{r['discriminative']}: AUROC {r['open_set_auroc']:.3f} ver {r['verification_auc']:.3f}" for r in rows),
+            flush=True)
+    grid = {}
+    for r in val_rows:
+        grid.setdefault(r["discriminative"], []).append(r)
+    means = {k: summarise(v) for k, v in grid.items()}
+    chosen = max(means, key=lambda k: criterion({m: v["mean"] for m, v in means[k].items()}))
+    rep_rows, base_rows = [], []
+    for seed, d in rep_draws:
+        tag = {"seed": seed, "split": d["split"]}
+        rows = run_candidates(d, backbone, extractor, seed, *fixed, discs=(chosen,), order_check=True, launder=True,
+                              with_prompt=with_prompt)
+        rows[0]["method"] = "occ (chosen)"
+        if chosen is not None:
+            prev = run_candidates(d, backbone, extractor, seed, *fixed, discs=(None,), launder=True)[0]
+            rows.append(prev | {"method": "previous default (discriminant margins)"})
+        rep_rows += [r | tag for r in rows]
+        base_rows.append(baselines(d, extractor, seed) | tag)
+        print(f"report {d['split']} seed {seed}: " + "; ".join(
+            f"{r['method']}: ver {r['verification_auc']:.3f} AUROC {r['open_set_auroc']:.3f} "
+            f"closed {r['closed_set_accuracy']:.3f}" for r in rows) +
+            f"; LR best block {base_rows[-1]['lr_best_block_verification_auc']:.3f}, "
+            f"USIA AUROC {base_rows[-1]['usia_open_set_auroc']:.3f}", flush=True)
+    splits = sorted({r["split"] for r in rep_rows})
+    per_split = {}
+    for sp in splits:
+        by_method = {}
+        for r in rep_rows:
+            if r["split"] == sp:
+                by_method.setdefault(r["method"], []).append(r)
+        per_split[sp] = {"occ": {m: summarise(v) for m, v in by_method.items()},
+                         "baselines": summarise([b for b in base_rows if b["split"] == sp])}
+    return {"validation_splits": sorted({d["split"] for _, d in val_draws}), "report_splits": splits,
+            "validation_grid": {str(k): v for k, v in means.items()}, "chosen": {"discriminative": chosen},
+            "report_rows": rep_rows, "baselines": base_rows, "per_split": per_split,
+            "worst_split": worst({sp: v["occ"]["occ (chosen)"] for sp, v in per_split.items()}),
+            "seconds": time.perf_counter() - t0}
 
 
 def main():
@@ -322,7 +454,8 @@ def main():
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--shots", type=int, default=10)
-    ap.add_argument("--known", type=int, default=4)
+    ap.add_argument("--known", type=int, default=4, help="sources enrolled per GAN-era draw")
+    ap.add_argument("--protocol", nargs="+", choices=("content", "gan"), default=["content", "gan"])
     ap.add_argument("--no-prompt", action="store_true", help="skip the previous default (slow on a CPU)")
     args = ap.parse_args()
 
@@ -333,47 +466,35 @@ def main():
     backbone = load_backbone(None)
     extractor = FeatureExtractor(backbone)
     report = {"protocol": __doc__, "args": vars(args) | {"out": str(args.out)}, "rotations": []}
-    for val, rep in (("A", "B"), ("B", "A")):
-        t0 = time.perf_counter()
-        val_rows = []
-        for seed in range(args.seeds):
-            d = draw(data, val, seed, args.known, args.shots)
-            rows = run_candidates(d, backbone, extractor, seed, VIEWS, DIMS, TPRS, MIN_MARGINS)
-            val_rows += [r | {"seed": seed} for r in rows]
-            print(f"validation {val} seed {seed}: {len(rows)} candidates, "
-                  f"best AUROC {max(r['open_set_auroc'] for r in rows):.3f}", flush=True)
-        grid = {}
-        for r in val_rows:
-            grid.setdefault((r["views"], r["dims"], r["target_tpr"], r["min_margin"]), []).append(r)
-        means = {k: {m: float(np.mean([r[m] for r in v])) for m in v[0] if isinstance(v[0][m], float)}
-                 for k, v in grid.items()}
-        chosen = max(means, key=lambda k: criterion(means[k]))
-        views, dims, tpr, floor = chosen
-        rep_rows, base_rows = [], []
-        for seed in range(args.seeds):
-            d = draw(data, rep, seed, args.known, args.shots)
-            rows = run_candidates(d, backbone, extractor, seed, [views], [dims], [tpr], [floor],
-                                  with_prompt=not args.no_prompt, order_check=True, launder=True)
-            rep_rows += [r | {"seed": seed} for r in rows]
-            base_rows.append(baselines(d, extractor, seed) | {"seed": seed})
-            print(f"report {rep} seed {seed}: {rows[0]}", flush=True)
-        by_method = {}
-        for r in rep_rows:
-            by_method.setdefault(r["method"], []).append(r)
-        report["rotations"].append({
-            "validation_fold": val, "report_fold": rep, "validation_grid": [
-                {"views": k[0], "dims": k[1], "target_tpr": k[2], "min_margin": k[3], **v} for k, v in means.items()],
-            "chosen": {"views": views, "dims": dims, "target_tpr": tpr, "min_margin": floor},
-            "report_rows": rep_rows, "report_summary": {m: summarise(v) for m, v in by_method.items()},
-            "baselines": base_rows, "baselines_summary": summarise(base_rows),
-            "seconds": time.perf_counter() - t0})
+    seeds = range(args.seeds)
+
+    def save():
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=1, allow_nan=True))
-    report["shipped_default"] = shipped_default(report)
-    args.out.write_text(json.dumps(report, indent=1, allow_nan=True))
-    print(json.dumps(report["shipped_default"], indent=1))
-    print(json.dumps({r["report_fold"]: {"chosen": r["chosen"], "occ": r["report_summary"],
-                                         "baselines": r["baselines_summary"]} for r in report["rotations"]}, indent=1))
+
+    if "content" in args.protocol:
+        for val, rep in (("imagen", "t2icmp"), ("t2icmp", "imagen")):
+            val_draws = [(s, content_draw(data, val, s, args.shots)) for s in seeds]
+            rep_draws = [(s, content_draw(data, rep, s, args.shots)) for s in seeds]
+            if CONTENT[rep]["few"]:
+                rep_draws += [(s, content_draw(data, rep, s, args.shots, few=True)) for s in seeds]
+            report["rotations"].append({"kind": "content-matched", "validation": val, "report": rep,
+                                        **rotation(val_draws, rep_draws, backbone, extractor, not args.no_prompt)})
+            save()
+    if "gan" in args.protocol:
+        for val, rep in (("A", "B"), ("B", "A")):
+            val_draws = [(s, draw(data, val, s, args.known, args.shots) | {"split": f"GAN-era {val}"}) for s in seeds]
+            rep_draws = [(s, draw(data, rep, s, args.known, args.shots) | {"split": f"GAN-era {rep}"}) for s in seeds]
+            report["rotations"].append({"kind": "gan-era", "validation": val, "report": rep,
+                                        **rotation(val_draws, rep_draws, backbone, extractor, not args.no_prompt)})
+            save()
+    content = {sp: v for r in report["rotations"] if r["kind"] == "content-matched" for sp, v in r["per_split"].items()}
+    if content:
+        report["content_matched_worst_split"] = worst({sp: v["occ"]["occ (chosen)"] for sp, v in content.items()})
+    save()
+    print(json.dumps({sp: {"occ": {m: {k: round(x["mean"], 3) for k, x in v.items()} for m, v in r["occ"].items()},
+                           "baselines": {k: round(x["mean"], 3) for k, x in r["baselines"].items()}}
+                      for rot in report["rotations"] for sp, r in rot["per_split"].items()}, indent=1))
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ import numpy as np
 
 from occ.errors import OccError, RegistryError, UsageError, first_line
 from occ.evidence import DEFAULT_VIEWS, default_blocks, evidence, training_views
-from occ.joint import DEFAULT_DIMS, DEFAULT_MIN_MARGIN, ClassRows, JointModel
+from occ.joint import DEFAULT_DIMS, DEFAULT_DISCRIMINATIVE, DEFAULT_MIN_MARGIN, ClassRows, JointModel
 
 if TYPE_CHECKING:  # torch only where a source's tensors are made (enrollment): fitting and using the model,
     # and `occ sources`, need numpy alone
@@ -40,7 +40,7 @@ if TYPE_CHECKING:  # torch only where a source's tensors are made (enrollment): 
 EVIDENCE_PREFIX = "evidence."  # a source's stored training evidence in its safetensors (not part of its head)
 
 JOINT_PREFIX = "joint-"  # <registry>/joint-<backbone key>.safetensors: one model per backbone
-JOINT_FORMAT = "occ-joint-v2"  # v2: held-out scores in the tensors, not the JSON
+JOINT_FORMAT = "occ-joint-v3"  # v2: held-out scores in the tensors, not the JSON; v3: log-odds tensors
 EVIDENCE_KEYS = tuple(EVIDENCE_PREFIX + k for k in ("cls", "ids", "neg_cls", "neg_ids"))
 BANK_SEED = 0
 BANK_KEY = "default bank"  # the key enrollment records in a source's "negatives" when it used the bank
@@ -57,7 +57,8 @@ class JointSettings:
     blocks: tuple[int, ...] | None = None  # None: occ.evidence.default_blocks of the backbone
     bank_views: int = DEFAULT_VIEWS
     seed: int = 0
-    min_margin: float | None = DEFAULT_MIN_MARGIN  # the lowest threshold (occ.joint, point 5); None: no floor
+    min_margin: float | None = DEFAULT_MIN_MARGIN  # the lowest threshold (occ.joint, point 6); None: no floor
+    discriminative: float | None = DEFAULT_DISCRIMINATIVE  # occ.joint, point 3; None: discriminant margins
 
     def resolved(self, backbone: Backbone) -> JointSettings:
         blocks = default_blocks(backbone.num_layers) if self.blocks is None else tuple(self.blocks)
@@ -65,7 +66,7 @@ class JointSettings:
 
     def to_dict(self) -> dict:
         return {"dims": self.dims, "blocks": list(self.blocks), "bank_views": self.bank_views, "seed": self.seed,
-                "min_margin": self.min_margin}
+                "min_margin": self.min_margin, "discriminative": self.discriminative}
 
 
 def view_rows(extractor, paths: Sequence, views: int, seed: int, on_error=None) -> tuple[np.ndarray, np.ndarray]:
@@ -151,7 +152,8 @@ def _fit(sources: dict, backbone: Backbone, extractor, settings: JointSettings,
         raise UsageError("the joint model has no non-target images: every lda source was enrolled without "
                          "the default bank and without --negatives")
     try:
-        model = JointModel(settings.dims, seed=settings.seed, min_margin=settings.min_margin).fit(
+        model = JointModel(settings.dims, seed=settings.seed, min_margin=settings.min_margin,
+                           discriminative=settings.discriminative).fit(
             classes, ClassRows(np.concatenate(neg_x), np.concatenate(neg_ids)), far=far, target_tpr=tpr)
     except ValueError as exc:
         raise RegistryError(f"cannot fit the joint model of the registry: {first_line(exc)}") from None

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from PIL import Image
 
 from occ.evidence import LaunderedView, evidence, training_views
-from occ.joint import ClassRows, JointModel
+from occ.joint import ClassRows, JointModel, above_competitors
 
 
 def _blobs(seed=0, d=40, n=12, k=3):
@@ -139,18 +141,45 @@ def test_training_views_count():
 def _reference_decisions(model: JointModel, x: np.ndarray) -> list[tuple]:
     """The decision rule of the module docstring, written out one row and one source at a time."""
     names = model.names_
-    g = model.geometry_
+    g, odds = model.geometry_, model.log_odds_
     out = []
     for row in np.asarray(x, dtype=np.float32):
         y = (row - g.mean) @ g.proj
-        to_nontarget = float(((y - g.centres[-1]) ** 2).sum())
         dist = {n: float(((y - g.centres[j]) ** 2).sum()) for j, n in enumerate(names)}
-        margins = {n: (to_nontarget - dist[n]) / 2 for n in names}
-        ok = [n for n in names if margins[n] >= model.calibrations_[n].threshold and dist[n] <= model.radii_[n]]
-        nearest = max(names, key=lambda n: margins[n])
-        accepted = sorted(ok, key=lambda n: -margins[n])
-        out.append((nearest if nearest in ok else None, margins, accepted))
+        log_odds = {n: float(y @ odds.weight[:, j] + odds.bias[j]) for j, n in enumerate(names)}
+        raw = {n: log_odds[n] - max([0.0] + [log_odds[m] for m in names if m != n]) for n in names}
+        ok = [n for n in names if raw[n] >= model.calibrations_[n].threshold and dist[n] <= model.radii_[n]]
+        nearest = max(names, key=lambda n: raw[n])
+        accepted = sorted(ok, key=lambda n: -raw[n])
+        out.append((nearest if nearest in ok else None, raw, accepted))
     return out
+
+
+def test_raw_score_is_the_lead_over_the_best_other_class():
+    odds = np.array([[2.0, 1.0, -1.0], [-3.0, -1.0, -2.0], [0.5, 0.5, 4.0]])
+    np.testing.assert_array_equal(above_competitors(odds), [[1.0, -1.0, -3.0], [-3.0, -1.0, -2.0], [-3.5, -3.5, 3.5]])
+
+
+@pytest.mark.parametrize("discriminative", [None, 0.1])
+def test_discriminant_and_regression_log_odds_both_name_sources_and_reload(discriminative):
+    sources, nontarget, centres, rng = _blobs(6)
+    model = JointModel(dims=16, discriminative=discriminative).fit(sources, nontarget)
+    x = np.concatenate([centres[i] + rng.normal(0, 1, (20, centres.shape[1])) for i in range(3)])
+    named = [d[0] for d in model.decide(x)]
+    assert np.mean([n == f"s{i // 20}" for i, n in enumerate(named)]) >= 0.8
+    if discriminative is None:  # the discriminant's log-odds are the margins of the shared-covariance Gaussians
+        np.testing.assert_allclose(model.log_odds_(model.geometry_.project(x)), model.geometry_.margins(x),
+                                   rtol=1e-4, atol=1e-3)
+    again = JointModel.from_saved(*model.to_saved())
+    assert again.discriminative == discriminative
+    np.testing.assert_array_equal(model.margins(x), again.margins(x))
+
+
+def test_regression_strength_changes_the_model():
+    sources, nontarget, centres, rng = _blobs(7)
+    x = rng.normal(0, 3, (30, centres.shape[1]))
+    weak, strong = (JointModel(dims=16, discriminative=c).fit(sources, nontarget) for c in (0.001, 10.0))
+    assert not np.allclose(weak.margins(x), strong.margins(x))
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -161,7 +190,9 @@ def test_decide_follows_the_decision_rule_row_by_row(seed):
     centres[1] = centres[0] + rng.normal(0, 0.6, d)  # two close sources: rows that both accept
     sources = {f"s{i}": ClassRows(centres[i] + rng.normal(0, 1, (n, d)), np.arange(n)) for i in range(5)}
     nontarget = ClassRows(centres[5] + rng.normal(0, 1, (5 * n, d)), np.arange(5 * n))
-    model = JointModel(dims=16, seed=seed).fit(sources, nontarget)
+    model = JointModel(dims=16, seed=seed, min_margin=None).fit(sources, nontarget)
+    for n in ("s0", "s1"):  # thresholds below zero, as a user's --far can give: both close sources may accept
+        model.calibrations_[n] = replace(model.calibrations_[n], threshold=min(model.calibrations_[n].threshold, -3.0))
     # rows near each source, near the non-target class, between sources and far away
     x = np.concatenate([centres[i] + rng.normal(0, 1.2, (20, d)) for i in range(6)]
                        + [(centres[2] + centres[3]) / 2 + rng.normal(0, 1, (20, d)), rng.normal(0, 12, (20, d))])
@@ -169,7 +200,7 @@ def test_decide_follows_the_decision_rule_row_by_row(seed):
     want = _reference_decisions(model, x)
     assert len(got) == len(want) == len(x)
     assert {w[0] for w in want} >= {None, "s0", "s1"}  # the data exercises named and unknown rows
-    assert any(len(w[2]) > 1 for w in want)  # and rows that several sources accept
+    assert any(len(w[2]) > 1 for w in want)  # and rows that several sources accept (no floor: it allows one)
     for (source, scores, raw, accepted), (w_source, w_raw, w_accepted) in zip(got, want):
         assert source == w_source
         assert accepted == w_accepted
