@@ -21,9 +21,11 @@ three prompts, as a user's samples from one session often are). Photos: the ``im
 real-imagenet, real-kodak and real-sam, the ``t2icmp`` split real-dif, real-cnndet, real-skimage and
 real-scenetext; false accepts are reported per kind of photo. Roles rotate as for the GAN-era folds:
 the joint model's log-odds (``occ.joint`` point 3: the discriminant, or the logistic regression at
-C = 1 or 0.1) are selected on one group ("many" draws) and reported on the other, beside the baselines
-below and the previous default (the discriminant's margins) measured on the same draws. Every split
-is reported on its own, and the worst split beside the mean.
+C = 1 or 0.1) and the weight of the low-level stream (:mod:`occ.lowlevel`: none, 0.3 or 1) are
+selected on one group ("many" draws) and reported on the other, beside their ablations (each choice
+undone), the baselines below and the previous default (discriminant margins on CLIP evidence alone),
+all measured on the same draws. Every split is reported on its own, and the worst split beside the
+mean. What the low-level evidence costs per image is timed on its own.
 
 **GAN-era folds** (``--protocol gan``; most of their generators differ in content, so they say little
 about look-alike generators and are reported as their own rows):
@@ -66,6 +68,7 @@ from pathlib import Path
 import numpy as np
 
 from occ.joint import DEFAULT_DISCRIMINATIVE
+from occ.openset import DEFAULT_LOW_WEIGHT
 
 ROOT = Path(__file__).resolve().parents[1]
 DEVSET = ROOT.parent / "shared" / "data" / "devset"
@@ -126,6 +129,7 @@ CONTENT = {
                "real": ["real-cnndet", "real-dif", "real-scenetext", "real-skimage"], "few": False},
 }
 DISCRIMINATIVE = (None, 1.0, 0.1)  # occ.joint point 3: the discriminant's margins, or LR at C = 1, 0.1
+LOW_WEIGHTS = (None, 0.3, 1.0)  # the low-level stream's weight (occ.openset.JointSettings): off, 0.3, 1
 
 
 def content_draw(data, group, seed, shots_n, few=False):
@@ -320,7 +324,7 @@ def baselines(d, extractor, seed):
 
 
 def run_candidates(d, backbone, extractor, seed, views_list, dims_list, tprs, floors, with_prompt=False,
-                   order_check=False, launder=False, discs=(DEFAULT_DISCRIMINATIVE,)):
+                   order_check=False, launder=False, candidates=((DEFAULT_DISCRIMINATIVE, DEFAULT_LOW_WEIGHT),)):
     from occ.config import VerifierConfig
     from occ.openset import JointSettings, refit
     from occ.perturb import parse_perturb_spec
@@ -336,13 +340,13 @@ def run_candidates(d, backbone, extractor, seed, views_list, dims_list, tprs, fl
             for tpr in tprs:
                 for name in d["known"]:
                     set_threshold(registry, name, target_tpr=tpr)
-                for dims, floor, disc in ((a, b, c) for a in dims_list for b in floors for c in discs):
+                for dims, floor, (disc, low) in ((a, b, c) for a in dims_list for b in floors for c in candidates):
                     settings = JointSettings(dims=dims, seed=seed, min_margin=floor, bank_views=views,
-                                             discriminative=disc)
+                                             discriminative=disc, low_weight=low)
                     refit(registry, backbone, extractor=extractor, settings=settings)
                     dec = {x.path: x for x in decisions(registry, backbone, extractor, paths)}
                     row = {"method": "lda", "views": views, "dims": dims, "target_tpr": tpr, "min_margin": floor,
-                           "discriminative": disc, **metrics(d, dec), "enroll_seconds": t_enroll}
+                           "discriminative": disc, "low_weight": low, **metrics(d, dec), "enroll_seconds": t_enroll}
                     if launder:
                         row["own_accept_clean"] = own_accept(d, dec)
                         kp = [p for s in d["known"] for p in d["tests"][s]]
@@ -398,39 +402,50 @@ def worst(by_split: dict) -> dict:
 
 
 def rotation(val_draws, rep_draws, backbone, extractor, with_prompt):
-    """Select the joint model's log-odds (:data:`DISCRIMINATIVE`) on ``val_draws``, report the choice on
-    ``rep_draws`` beside the previous default and the baselines, per split."""
+    """Select the joint model's log-odds (:data:`DISCRIMINATIVE`) and low-level weight
+    (:data:`LOW_WEIGHTS`) on ``val_draws``; report the choice on ``rep_draws``, per split, beside its
+    ablations (each of the two choices undone), the previous default (discriminant margins, no
+    low-level stream) and the baselines."""
     from occ.evidence import DEFAULT_VIEWS
     from occ.joint import DEFAULT_DIMS, DEFAULT_MIN_MARGIN
 
     fixed = ([DEFAULT_VIEWS], [DEFAULT_DIMS], [0.9], [DEFAULT_MIN_MARGIN])
+    grid_keys = [(c, w) for c in DISCRIMINATIVE for w in LOW_WEIGHTS]
     t0 = time.perf_counter()
     val_rows = []
     for seed, d in val_draws:
-        rows = run_candidates(d, backbone, extractor, seed, *fixed, discs=DISCRIMINATIVE)
+        rows = run_candidates(d, backbone, extractor, seed, *fixed, candidates=grid_keys)
         val_rows += [r | {"seed": seed, "split": d["split"]} for r in rows]
         print(f"validation {d['split']} seed {seed}: " + ", ".join(
-            f"{r['discriminative']}: AUROC {r['open_set_auroc']:.3f} ver {r['verification_auc']:.3f}" for r in rows),
-            flush=True)
+            f"{r['discriminative']}/{r['low_weight']}: AUROC {r['open_set_auroc']:.3f} ver {r['verification_auc']:.3f}"
+            for r in rows), flush=True)
     grid = {}
     for r in val_rows:
-        grid.setdefault(r["discriminative"], []).append(r)
+        grid.setdefault((r["discriminative"], r["low_weight"]), []).append(r)
     means = {k: summarise(v) for k, v in grid.items()}
     chosen = max(means, key=lambda k: criterion({m: v["mean"] for m, v in means[k].items()}))
+    methods = {"occ (chosen)": chosen, "without the low-level stream": (chosen[0], None),
+               "without the regression (discriminant margins)": (None, chosen[1]),
+               "previous default (discriminant margins, CLIP only)": (None, None)}
+    seen, ablations = {chosen}, {}
+    for m, key in list(methods.items())[1:]:
+        if key not in seen:
+            seen.add(key)
+            ablations[m] = key
     rep_rows, base_rows = [], []
     for seed, d in rep_draws:
         tag = {"seed": seed, "split": d["split"]}
-        rows = run_candidates(d, backbone, extractor, seed, *fixed, discs=(chosen,), order_check=True, launder=True,
-                              with_prompt=with_prompt)
+        rows = run_candidates(d, backbone, extractor, seed, *fixed, candidates=[chosen], order_check=True,
+                              launder=True, with_prompt=with_prompt)
         rows[0]["method"] = "occ (chosen)"
-        if chosen is not None:
-            prev = run_candidates(d, backbone, extractor, seed, *fixed, discs=(None,), launder=True)[0]
-            rows.append(prev | {"method": "previous default (discriminant margins)"})
+        for m, key in ablations.items():
+            rows.append(run_candidates(d, backbone, extractor, seed, *fixed, candidates=[key], launder=True)[0]
+                        | {"method": m})
         rep_rows += [r | tag for r in rows]
         base_rows.append(baselines(d, extractor, seed) | tag)
         print(f"report {d['split']} seed {seed}: " + "; ".join(
             f"{r['method']}: ver {r['verification_auc']:.3f} AUROC {r['open_set_auroc']:.3f} "
-            f"closed {r['closed_set_accuracy']:.3f}" for r in rows) +
+            f"closed {r['closed_set_accuracy']:.3f} photos {r['real_accepted']:.3f}" for r in rows) +
             f"; LR best block {base_rows[-1]['lr_best_block_verification_auc']:.3f}, "
             f"USIA AUROC {base_rows[-1]['usia_open_set_auroc']:.3f}", flush=True)
     splits = sorted({r["split"] for r in rep_rows})
@@ -443,10 +458,29 @@ def rotation(val_draws, rep_draws, backbone, extractor, with_prompt):
         per_split[sp] = {"occ": {m: summarise(v) for m, v in by_method.items()},
                          "baselines": summarise([b for b in base_rows if b["split"] == sp])}
     return {"validation_splits": sorted({d["split"] for _, d in val_draws}), "report_splits": splits,
-            "validation_grid": {str(k): v for k, v in means.items()}, "chosen": {"discriminative": chosen},
+            "validation_grid": [{"discriminative": k[0], "low_weight": k[1], **v} for k, v in means.items()],
+            "chosen": {"discriminative": chosen[0], "low_weight": chosen[1]},
             "report_rows": rep_rows, "baselines": base_rows, "per_split": per_split,
             "worst_split": worst({sp: v["occ"]["occ (chosen)"] for sp, v in per_split.items()}),
             "seconds": time.perf_counter() - t0}
+
+
+def lowlevel_cost(data, n=40) -> dict:
+    """Seconds per image of the low-level evidence (decoded image in memory), at 256 px and at the
+    devset's native 1024 px, beside nothing else (the trunk's cost is in bench/perf.py)."""
+    from PIL import Image
+
+    from occ.lowlevel import lowlevel_features
+
+    out = {}
+    for label, paths in (("normalised 256 px", [p for p, _ in data["t2icmp-sdxl"][:n]]),
+                         ("native 1024 px", sorted((DEVSET / "generated" / "t2icmp-sdxl").iterdir())[:n])):
+        images = [Image.open(p).convert("RGB") for p in paths]
+        t0 = time.perf_counter()
+        for im in images:
+            lowlevel_features(im)
+        out[label] = (time.perf_counter() - t0) / len(images)
+    return out
 
 
 def main():
@@ -465,7 +499,9 @@ def main():
     data = normalise_devset()
     backbone = load_backbone(None)
     extractor = FeatureExtractor(backbone)
-    report = {"protocol": __doc__, "args": vars(args) | {"out": str(args.out)}, "rotations": []}
+    report = {"protocol": __doc__, "args": vars(args) | {"out": str(args.out)}, "rotations": [],
+              "lowlevel_seconds_per_image": lowlevel_cost(data)}
+    print("low-level evidence, seconds per image:", report["lowlevel_seconds_per_image"], flush=True)
     seeds = range(args.seeds)
 
     def save():

@@ -166,10 +166,7 @@ class Attributor:
         accepted = {name: calibrations[name].accept(raw[name]) for name in own}
         calibrated = {name: calibrations[name].probability(raw[name]) for name in own}
         if self._joint_names:
-            from occ.evidence import evidence
-
-            x = evidence(trunk.cls_array, self.joint.settings_.blocks)
-            joint = self.joint.decide_arrays(x)
+            joint = self.joint.decide_arrays(self.joint.settings_.rows(trunk.cls_array, trunk.low))
             for j, name in enumerate(joint.names):
                 if name in self._joint_names:
                     raw[name] = joint.raw[:, j].astype(np.float64)

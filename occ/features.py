@@ -1,6 +1,7 @@
 """Batched trunk passes with an on-disk feature cache.
 
-Every image goes through the frozen trunk once; what it returns is stored under
+Every image goes through the frozen trunk once, and its low-level evidence (:mod:`occ.lowlevel`) is
+computed from the same decoded pixels; what they return is stored under
 ``<cache>/features/<backbone key>/<sha[:2]>/<sha>.safetensors``, keyed by the sha256 of the image file's
 bytes and the backbone fingerprint (which includes the preprocessing version). Files are written to a
 temporary name and renamed into place, so concurrent processes never see a half-written entry (the
@@ -26,6 +27,9 @@ from safetensors.numpy import save as st_save
 from occ.backbones.base import Backbone, Trunk, empty_trunk
 from occ.errors import ImageError, first_line
 from occ.images import MAX_PIXELS, ImageFile, decode_image, iter_paths, load_image, read_image_file
+from occ.lowlevel import DIMS as LOW_DIMS
+from occ.lowlevel import VERSION as LOW_VERSION
+from occ.lowlevel import lowlevel_features
 from occ.paths import cache_dir
 
 if TYPE_CHECKING:
@@ -34,6 +38,7 @@ if TYPE_CHECKING:
 
 FEATURE_FORMAT = "occ-trunk-v2"
 DEFAULT_BATCH = 16
+LOW_KEY = f"low.{LOW_VERSION}"  # an entry's low-level evidence (entries written before it lack the key)
 
 
 @dataclass(frozen=True)
@@ -86,7 +91,7 @@ class FeatureCache:
         self.fingerprint = backbone.fingerprint
         self._shapes = {"cls": (backbone.num_layers + 1, backbone.hidden_size),
                         "embeds": (backbone.projection_dim,),
-                        "kv": (2, backbone.num_patches, backbone.hidden_size)}
+                        "kv": (2, backbone.num_patches, backbone.hidden_size), LOW_KEY: (LOW_DIMS,)}
 
     def _fits(self, name: str, tensor: np.ndarray) -> bool:
         """Whether a stored tensor has this backbone's shape and dtype (anything else is damage)."""
@@ -98,6 +103,8 @@ class FeatureCache:
         return self.root / sha[:2] / f"{sha}.safetensors"
 
     def get(self, sha: str, blocks: tuple[int, ...]) -> Trunk | None:
+        """The stored trunk output of ``sha`` with keys/values of ``blocks`` (None: recompute); its ``low``
+        is None when the entry holds no (or damaged) low-level evidence, which is computed then alone."""
         path = self._path(sha)
         try:
             data = path.read_bytes()
@@ -112,7 +119,9 @@ class FeatureCache:
             if t is None or not self._fits(f"kv.{b}", t):
                 return None
             kv[b] = t[None]
-        return Trunk(tensors["cls"][None], tensors["embeds"][None], kv)
+        low = tensors.get(LOW_KEY)
+        low = low[None] if low is not None and self._fits(LOW_KEY, low) else None
+        return Trunk(tensors["cls"][None], tensors["embeds"][None], kv, low)
 
     def put(self, sha: str, trunk: Trunk) -> None:
         """Store one image's trunk output (row 0 of ``trunk``), keeping key/value blocks already stored."""
@@ -126,6 +135,8 @@ class FeatureCache:
             pass
         for b, t in trunk.kv_arrays.items():
             tensors[f"kv.{b}"] = np.ascontiguousarray(t[0])
+        if trunk.low is not None:
+            tensors[LOW_KEY] = np.ascontiguousarray(trunk.low[0])
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f".{path.name}.{os.getpid()}.{id(tensors)}.tmp")
@@ -168,7 +179,7 @@ class FeatureExtractor:
         rows: list[Trunk | None] = [self.cache.get(k, blocks) if self.cache else None for k in keys]
         decoded: dict[int, Image.Image] = {}
         for i, f in enumerate(files):
-            if rows[i] is None:
+            if rows[i] is None or rows[i].low is None:  # the trunk to run, or only the low-level evidence
                 try:
                     image = decode_image(f, max_pixels=self.max_pixels).image
                     if transform is not None:
@@ -176,13 +187,17 @@ class FeatureExtractor:
                 except ImageError as exc:
                     if on_error:
                         on_error(exc)
+                    rows[i] = None
                     continue
                 decoded[i] = image
         if decoded:
-            order = list(decoded)
-            out = self.backbone.trunk(self.backbone.preprocess([decoded[i] for i in order]), blocks)
-            for j, i in enumerate(order):
-                rows[i] = out.select([j])
+            order = [i for i in decoded if rows[i] is None]
+            if order:
+                out = self.backbone.trunk(self.backbone.preprocess([decoded[i] for i in order]), blocks)
+                for j, i in enumerate(order):
+                    rows[i] = out.select([j])
+            for i, image in decoded.items():
+                rows[i].low = lowlevel_features(image)[None]
                 if self.cache:
                     self.cache.put(keys[i], rows[i])
         kept = [i for i, r in enumerate(rows) if r is not None]

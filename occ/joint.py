@@ -6,7 +6,10 @@ discriminant analysis, few-shot friendly: a source contributes only its mean; th
 over every class and shrunk with Ledoit-Wolf). Concretely:
 
 1. evidence vectors (:mod:`occ.evidence`) are centred and projected on their top ``dims`` principal
-   directions, fitted on all training rows;
+   directions, fitted on all training rows. With a second **stream** (:class:`Stream`: the low-level
+   evidence of :mod:`occ.lowlevel`, the last columns of each row), that stream is first whitened on
+   the non-target rows to a few directions and weighed, so its variance neither vanishes beside the
+   CLIP evidence nor swamps it; the composition is still one affine map of the row;
 2. the within-class covariance of the projections is estimated (Ledoit-Wolf shrinkage) and whitened;
 3. each source's **log-odds** against the non-target class in that space: by default from a
    multinomial logistic regression over every source and the non-target class, fitted on the whitened
@@ -112,6 +115,20 @@ class Geometry:
         return (y * y).sum(1, keepdims=True) - 2 * y @ cs.T + (cs * cs).sum(1)
 
 
+@dataclass(frozen=True)
+class Stream:
+    """The last ``columns`` of every evidence row as a second stream (point 1): whitened on the
+    non-target rows to ``components`` directions, then scaled by ``weight / sqrt(components)``, so that
+    the stream as a whole has the variance ``weight**2`` (a CLIP evidence vector has unit length)."""
+
+    columns: int
+    components: int = 64
+    weight: float = 0.3
+
+    def to_dict(self) -> dict:
+        return {"columns": self.columns, "components": self.components, "weight": self.weight}
+
+
 GRAM_ROWS = 2000  # up to this many training rows, principal directions come exactly from the Gram matrix
 
 
@@ -134,14 +151,28 @@ def _principal_directions(xc: np.ndarray, d: int, seed: int) -> np.ndarray:
     return vt * signs[:, None]
 
 
-def fit_geometry(classes: Sequence[ClassRows], dims: int, seed: int) -> Geometry:
+def _stream_map(x: np.ndarray, nontarget: np.ndarray, stream: Stream) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, (columns, k) map) that whitens the stream's columns on the non-target rows (point 1)."""
+    part = x[nontarget, -stream.columns:]
+    mu = part.mean(0)
+    _, sv, vt = np.linalg.svd(part - mu, full_matrices=False)
+    k = int(min(stream.components, (sv > sv[0] * 1e-6).sum())) if len(sv) and sv[0] > 0 else 0
+    scale = sv[:k] / np.sqrt(len(part))
+    return mu, vt[:k].T / scale * (stream.weight / np.sqrt(max(k, 1)))
+
+
+def fit_geometry(classes: Sequence[ClassRows], dims: int, seed: int, stream: Stream | None = None) -> Geometry:
     """Centring, projection, whitening and class centres of ``classes`` (the last is the non-target class)."""
     from sklearn.covariance import ledoit_wolf
 
     x = np.concatenate([c.features for c in classes]).astype(np.float64)
     y = np.concatenate([np.full(len(c), k) for k, c in enumerate(classes)])
     mean = x.mean(0)
-    xc = x - mean
+    stream_map = None
+    if stream is not None:  # x -> [first columns, whitened stream]: y below is linear in x all the same
+        mu, stream_map = _stream_map(x, y == len(classes) - 1, stream)
+        x = np.concatenate([x[:, :-stream.columns], (x[:, -stream.columns:] - mu) @ stream_map], 1)
+    xc = x - x.mean(0)
     d = int(max(1, min(dims, xc.shape[0] - 1, xc.shape[1])))
     vt = _principal_directions(xc, d, seed)
     z = xc @ vt.T
@@ -151,6 +182,9 @@ def fit_geometry(classes: Sequence[ClassRows], dims: int, seed: int) -> Geometry
     precision = np.linalg.inv(cov)
     white = np.linalg.cholesky(precision)
     proj = vt.T @ white
+    if stream_map is not None:  # (x_first - mean) @ proj[:a] + (x_stream - mean) @ map @ proj[a:]
+        first = len(mean) - stream.columns
+        proj = np.concatenate([proj[:first], stream_map @ proj[first:]])
     return Geometry(mean.astype(np.float32), proj.astype(np.float32), (centres @ white).astype(np.float32))
 
 
@@ -226,12 +260,14 @@ class JointModel:
     """
 
     def __init__(self, dims: int = DEFAULT_DIMS, folds: int = DEFAULT_FOLDS, seed: int = 0,
-                 min_margin: float | None = DEFAULT_MIN_MARGIN, discriminative: float | None = DEFAULT_DISCRIMINATIVE):
+                 min_margin: float | None = DEFAULT_MIN_MARGIN, discriminative: float | None = DEFAULT_DISCRIMINATIVE,
+                 stream: Stream | None = None):
         self.dims = int(dims)
         self.folds = int(folds)
         self.seed = int(seed)
         self.min_margin = None if min_margin is None else float(min_margin)
         self.discriminative = None if discriminative is None else float(discriminative)
+        self.stream = stream
 
     def _floored(self, calibration: Calibration) -> Calibration:
         """``calibration`` with its threshold raised to ``min_margin`` where it lies below."""
@@ -259,7 +295,7 @@ class JointModel:
         held_dist = [np.zeros(len(sources[n])) for n in names]
         for f in range(k):
             train = [ClassRows(c.features[fo != f], c.image_ids[fo != f]) for c, fo in zip(classes, fold_of)]
-            geometry = fit_geometry(train, self.dims, self.seed)
+            geometry = fit_geometry(train, self.dims, self.seed, self.stream)
             odds = fit_log_odds(geometry, train, self.discriminative)
             for ci, (c, fo) in enumerate(zip(classes, fold_of)):
                 if (fo == f).any():
@@ -267,7 +303,7 @@ class JointModel:
                     if ci < len(names):
                         held_dist[ci][fo == f] = geometry.distances(c.features[fo == f])[:, ci]
         self.names_ = names
-        self.geometry_ = fit_geometry(classes, self.dims, self.seed)
+        self.geometry_ = fit_geometry(classes, self.dims, self.seed, self.stream)
         self.log_odds_ = fit_log_odds(self.geometry_, classes, self.discriminative)
         self.calibrations_ = {}
         for si, name in enumerate(names):
@@ -333,14 +369,15 @@ class JointModel:
                 tensors[_scores_key(key, n)] = np.asarray(params.pop(key), dtype=np.float64)
             calibrations[n] = params
         meta = {"dims": self.dims, "folds": self.folds, "seed": self.seed, "min_margin": self.min_margin,
-                "discriminative": self.discriminative,
+                "discriminative": self.discriminative, "stream": self.stream and self.stream.to_dict(),
                 "names": list(self.names_), "calibrations": calibrations, "radii": dict(self.radii_),
                 "n_rows": dict(self.n_rows_)}
         return tensors, meta
 
     @classmethod
     def from_saved(cls, tensors: Mapping[str, np.ndarray], meta: Mapping) -> JointModel:
-        model = cls(meta["dims"], meta["folds"], meta["seed"], meta["min_margin"], meta["discriminative"])
+        stream = Stream(**meta["stream"]) if meta.get("stream") else None
+        model = cls(meta["dims"], meta["folds"], meta["seed"], meta["min_margin"], meta["discriminative"], stream)
         model.names_ = list(meta["names"])
         mean, proj, centres, weight, bias = (np.asarray(tensors[k], dtype=np.float32)
                                              for k in ("mean", "proj", "centres", "odds_weight", "odds_bias"))

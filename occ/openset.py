@@ -2,7 +2,8 @@
 
 Every ``lda`` source stores the evidence of its training images (the CLS tokens of each training view,
 fp16, in its ``verifier.safetensors``: ``evidence.cls`` and ``evidence.ids``; the user's ``--negatives``
-as ``evidence.neg_cls`` / ``evidence.neg_ids``), so the joint model (:class:`occ.joint.JointModel`) can
+as ``evidence.neg_cls`` / ``evidence.neg_ids``; the low-level evidence of the same views,
+:mod:`occ.lowlevel`, as ``evidence.low`` / ``evidence.neg_low``), so the joint model (:class:`occ.joint.JointModel`) can
 be refitted from the registry alone, without the original files or the feature cache. The non-target
 class is the shipped bank of real photos (with the same laundered views, through the feature cache)
 plus every source's stored negatives.
@@ -29,7 +30,8 @@ import numpy as np
 
 from occ.errors import OccError, RegistryError, UsageError, first_line
 from occ.evidence import DEFAULT_VIEWS, default_blocks, evidence, training_views
-from occ.joint import DEFAULT_DIMS, DEFAULT_DISCRIMINATIVE, DEFAULT_MIN_MARGIN, ClassRows, JointModel
+from occ.joint import DEFAULT_DIMS, DEFAULT_DISCRIMINATIVE, DEFAULT_MIN_MARGIN, ClassRows, JointModel, Stream
+from occ.lowlevel import DIMS as LOW_DIMS
 
 if TYPE_CHECKING:  # torch only where a source's tensors are made (enrollment): fitting and using the model,
     # and `occ sources`, need numpy alone
@@ -42,6 +44,11 @@ EVIDENCE_PREFIX = "evidence."  # a source's stored training evidence in its safe
 JOINT_PREFIX = "joint-"  # <registry>/joint-<backbone key>.safetensors: one model per backbone
 JOINT_FORMAT = "occ-joint-v3"  # v2: held-out scores in the tensors, not the JSON; v3: log-odds tensors
 EVIDENCE_KEYS = tuple(EVIDENCE_PREFIX + k for k in ("cls", "ids", "neg_cls", "neg_ids"))
+LOW_EVIDENCE_KEYS = tuple(EVIDENCE_PREFIX + k for k in ("low", "neg_low"))  # rows in the order of cls / neg_cls
+# weight of the low-level stream in the joint model (occ.joint.Stream); chosen on the content-matched
+# validation split of bench/generalise.py (imagen-*) among none, 0.3 and 1
+DEFAULT_LOW_WEIGHT: float | None = 0.3
+LOW_COMPONENTS = 64
 BANK_SEED = 0
 BANK_KEY = "default bank"  # the key enrollment records in a source's "negatives" when it used the bank
 _BANK_ROWS: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
@@ -59,6 +66,7 @@ class JointSettings:
     seed: int = 0
     min_margin: float | None = DEFAULT_MIN_MARGIN  # the lowest threshold (occ.joint, point 6); None: no floor
     discriminative: float | None = DEFAULT_DISCRIMINATIVE  # occ.joint, point 3; None: discriminant margins
+    low_weight: float | None = DEFAULT_LOW_WEIGHT  # the low-level stream's weight; None: CLIP evidence alone
 
     def resolved(self, backbone: Backbone) -> JointSettings:
         blocks = default_blocks(backbone.num_layers) if self.blocks is None else tuple(self.blocks)
@@ -66,36 +74,57 @@ class JointSettings:
 
     def to_dict(self) -> dict:
         return {"dims": self.dims, "blocks": list(self.blocks), "bank_views": self.bank_views, "seed": self.seed,
-                "min_margin": self.min_margin, "discriminative": self.discriminative}
+                "min_margin": self.min_margin, "discriminative": self.discriminative, "low_weight": self.low_weight}
+
+    @property
+    def stream(self) -> Stream | None:
+        """The joint model's second stream: the low-level evidence, when it is weighed in."""
+        return None if self.low_weight is None else Stream(LOW_DIMS, LOW_COMPONENTS, float(self.low_weight))
+
+    def rows(self, cls: np.ndarray, low: np.ndarray | None) -> np.ndarray:
+        """The joint model's evidence rows: the CLS evidence of :attr:`blocks`, then the low-level
+        evidence when it is weighed in (``low`` must then be given)."""
+        x = evidence(cls, self.blocks)
+        if self.low_weight is None:
+            return x
+        if low is None:
+            raise ValueError("the joint model weighs low-level evidence, and none was computed")
+        return np.concatenate([x, np.asarray(low, dtype=np.float32)], 1)
 
 
-def view_rows(extractor, paths: Sequence, views: int, seed: int, on_error=None) -> tuple[np.ndarray, np.ndarray]:
-    """CLS tokens of every training view of the images under ``paths`` (image itself + ``views``
-    laundered copies), with the image index of each row. Images unreadable in any view are dropped."""
+def view_rows(extractor, paths: Sequence, views: int, seed: int,
+              on_error=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """CLS tokens and low-level evidence of every training view of the images under ``paths`` (image
+    itself + ``views`` laundered copies), with the image index of each row. Images unreadable in any
+    view are dropped."""
     per_view = []
     for transform in training_views(seed, views):
         feats = extractor.load(paths, (), on_error if transform is None else None, transform)
-        cls = feats.trunk.cls_array
-        per_view.append({str(im.path): cls[i] for i, im in enumerate(feats.images)})
+        cls, low = feats.trunk.cls_array, feats.trunk.low
+        per_view.append({str(im.path): (cls[i], low[i]) for i, im in enumerate(feats.images)})
     keep = [p for p in per_view[0] if all(p in v for v in per_view)]
-    cls = [v[p] for v in per_view for p in keep]
+    rows = [v[p] for v in per_view for p in keep]
     ids = [i for _ in per_view for i in range(len(keep))]
-    if not cls:
+    if not rows:
         bb = extractor.backbone
-        return np.zeros((0, bb.num_layers + 1, bb.hidden_size), np.float16), np.zeros(0, np.int64)
-    return np.stack(cls).astype(np.float16), np.asarray(ids, np.int64)
+        return (np.zeros((0, bb.num_layers + 1, bb.hidden_size), np.float16), np.zeros((0, LOW_DIMS), np.float32),
+                np.zeros(0, np.int64))
+    return (np.stack([r[0] for r in rows]).astype(np.float16), np.stack([r[1] for r in rows]).astype(np.float32),
+            np.asarray(ids, np.int64))
 
 
-def evidence_tensors(pos: tuple[np.ndarray, np.ndarray],
-                     neg: tuple[np.ndarray, np.ndarray] | None) -> dict[str, torch.Tensor]:
-    """What a source stores for refits (see the module docstring)."""
+def evidence_tensors(pos: tuple[np.ndarray, np.ndarray, np.ndarray],
+                     neg: tuple[np.ndarray, np.ndarray, np.ndarray] | None) -> dict[str, torch.Tensor]:
+    """What a source stores for refits (see the module docstring), from :func:`view_rows` of its
+    images and of its negatives."""
     import torch
 
     if neg is None:
-        neg = (np.zeros((0, *pos[0].shape[1:]), np.float16), np.zeros(0, np.int64))
-    arrays = (np.ascontiguousarray(pos[0], np.float16), np.ascontiguousarray(pos[1], np.int64),
-              np.ascontiguousarray(neg[0], np.float16), np.ascontiguousarray(neg[1], np.int64))
-    return {k: torch.from_numpy(a) for k, a in zip(EVIDENCE_KEYS, arrays)}
+        neg = (np.zeros((0, *pos[0].shape[1:]), np.float16), np.zeros((0, LOW_DIMS), np.float32), np.zeros(0, np.int64))
+    arrays = {"cls": np.ascontiguousarray(pos[0], np.float16), "ids": np.ascontiguousarray(pos[2], np.int64),
+              "neg_cls": np.ascontiguousarray(neg[0], np.float16), "neg_ids": np.ascontiguousarray(neg[2], np.int64),
+              "low": np.ascontiguousarray(pos[1], np.float32), "neg_low": np.ascontiguousarray(neg[1], np.float32)}
+    return {EVIDENCE_PREFIX + k: torch.from_numpy(a) for k, a in arrays.items()}
 
 
 def _joint_sources(registry, backbone: Backbone, on_skip=None):
@@ -112,6 +141,9 @@ def _joint_sources(registry, backbone: Backbone, on_skip=None):
             tensors, meta = registry.load(name, framework="numpy")
             if not all(k in tensors for k in EVIDENCE_KEYS):
                 raise RegistryError(f"source '{name}' stores no training evidence: re-enroll it")
+            if not all(k in tensors for k in LOW_EVIDENCE_KEYS):
+                raise RegistryError(f"source '{name}' stores no low-level evidence (enrolled by an older occ): "
+                                    "re-enroll it")
             out[name] = (record.path.name, tensors, meta)
         except OccError as exc:
             if on_skip is None:
@@ -124,7 +156,6 @@ def _fit(sources: dict, backbone: Backbone, extractor, settings: JointSettings,
          progress: Progress | None) -> JointModel:
     from occ.negatives import bank_paths
 
-    blocks = list(settings.blocks)
     neg_x, neg_ids, offset = [], [], 0
     # the bank is in the non-target class unless every source was enrolled without it
     if any(BANK_KEY in (meta.get("negatives") or {}) for _, _, meta in sources.values()):
@@ -134,14 +165,15 @@ def _fit(sources: dict, backbone: Backbone, extractor, settings: JointSettings,
         if key not in _BANK_ROWS:  # the same for every refit in a process (a service refits often)
             _BANK_ROWS.clear()
             _BANK_ROWS[key] = view_rows(extractor, bank_paths(), settings.bank_views, BANK_SEED)
-        bank_cls, bank_ids = _BANK_ROWS[key]
-        neg_x, neg_ids, offset = [evidence(bank_cls, blocks)], [bank_ids], int(bank_ids.max()) + 1
+        bank_cls, bank_low, bank_ids = _BANK_ROWS[key]
+        neg_x, neg_ids, offset = [settings.rows(bank_cls, bank_low)], [bank_ids], int(bank_ids.max()) + 1
     classes = {}
     for name, (_, tensors, _meta) in sorted(sources.items()):
         cls, ids, n_cls, n_ids = (np.asarray(tensors[k]) for k in EVIDENCE_KEYS)
-        classes[name] = ClassRows(evidence(cls, blocks), ids)
+        low, n_low = (np.asarray(tensors[k]) for k in LOW_EVIDENCE_KEYS)
+        classes[name] = ClassRows(settings.rows(cls, low), ids)
         if len(n_ids):
-            neg_x.append(evidence(n_cls, blocks))
+            neg_x.append(settings.rows(n_cls, n_low))
             neg_ids.append(n_ids + offset)
             offset += int(n_ids.max()) + 1
     if progress:
@@ -153,7 +185,7 @@ def _fit(sources: dict, backbone: Backbone, extractor, settings: JointSettings,
                          "the default bank and without --negatives")
     try:
         model = JointModel(settings.dims, seed=settings.seed, min_margin=settings.min_margin,
-                           discriminative=settings.discriminative).fit(
+                           discriminative=settings.discriminative, stream=settings.stream).fit(
             classes, ClassRows(np.concatenate(neg_x), np.concatenate(neg_ids)), far=far, target_tpr=tpr)
     except ValueError as exc:
         raise RegistryError(f"cannot fit the joint model of the registry: {first_line(exc)}") from None

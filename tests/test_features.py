@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from safetensors.torch import save as st_save
 
 from occ.errors import ImageError
-from occ.features import FEATURE_FORMAT, FeatureCache, FeatureExtractor, derived_key
+from occ.features import FEATURE_FORMAT, LOW_KEY, FeatureCache, FeatureExtractor, derived_key
 from occ.images import load_image
 from occ.testing import tiny_clip
 
@@ -246,13 +246,13 @@ def test_extra_kv_blocks_are_computed_and_the_old_ones_kept(tiny_backbone, image
     extractor.load(images, blocks=[1])
     assert counter.blocks == [(1,)]
     keys = set(st_load(cache_files(root)[0].read_bytes()))
-    assert keys == {"cls", "embeds", "kv.1"}
+    assert keys == {"cls", "embeds", "kv.1", LOW_KEY}
 
     both = extractor.load(images, blocks=[3, 1])
     assert len(counter.calls) == 2, "missing block 3 did not trigger a recompute"
     assert sorted(both.trunk.kv) == [1, 3]
     for f in cache_files(root):
-        assert set(st_load(f.read_bytes())) == {"cls", "embeds", "kv.1", "kv.3"}
+        assert set(st_load(f.read_bytes())) == {"cls", "embeds", "kv.1", "kv.3", LOW_KEY}
 
     for blocks in ([1], [3], [], [1, 3]):
         feats = extractor.load(images, blocks=blocks)
@@ -268,7 +268,7 @@ def test_rewriting_an_entry_for_another_block_keeps_the_stored_blocks(tiny_backb
     # must survive the rewrite
     extractor.load(images, blocks=[1])
     for f in cache_files(root):
-        assert set(st_load(f.read_bytes())) == {"cls", "embeds", "kv.0", "kv.1", "kv.2"}
+        assert set(st_load(f.read_bytes())) == {"cls", "embeds", "kv.0", "kv.1", "kv.2", LOW_KEY}
 
 
 def test_empty_input(tiny_backbone, root) -> None:
@@ -353,7 +353,7 @@ def test_a_damaged_cache_file_is_recomputed(tiny_backbone, images, root, monkeyp
     again = extractor.load(images, blocks=[1])
     assert counter.calls == [1], "only the damaged entry should be recomputed"
     assert_trunk_close(again.trunk, clean.trunk)
-    assert set(st_load(victim.read_bytes())) == {"cls", "embeds", "kv.1"}, "the entry was not repaired"
+    assert set(st_load(victim.read_bytes())) == {"cls", "embeds", "kv.1", LOW_KEY}, "the entry was not repaired"
 
 
 def test_a_folder_in_place_of_a_cache_file(tiny_backbone, images, root) -> None:
@@ -532,7 +532,7 @@ def test_concurrent_writers(tmp_path, root) -> None:
     assert sorted(f.stem for f in files) == sorted(sha(p) for p in images)
     for f in files:
         keys = set(st_load(f.read_bytes()))  # raises if a file is not whole
-        assert {"cls", "embeds"} <= keys <= {"cls", "embeds", "kv.1", "kv.2"}
+        assert {"cls", "embeds"} <= keys <= {"cls", "embeds", "kv.1", "kv.2", LOW_KEY}
     assert not [p for p in root.rglob("*") if p.is_file() and p.suffix != ".safetensors"], "temporary files left"
     feats = FeatureExtractor(stub, cache_root=root).load(images, blocks=[1, 2])
     assert_trunk_close(feats.trunk, want)

@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from occ.lowlevel import DIMS as LOW_DIMS
+
 if TYPE_CHECKING:
     import torch
     from PIL import Image
@@ -152,7 +154,9 @@ class Trunk:
     ``cls``: (N, L+1, D) float32, CLS token of hidden state 0 (embeddings) .. L (last block, before
     the final layer norm). ``embeds``: (N, P) float32 image embedding (after post-LN and projection,
     not normalised). ``kv``: {block: (N, 2, T-1, D) float16}, keys and values of the patch tokens in
-    the attention of ``block``.
+    the attention of ``block``. ``low``: (N, :data:`occ.lowlevel.DIMS`) float32 low-level evidence
+    (:mod:`occ.lowlevel`), computed from the same decoded pixels beside the trunk pass (by
+    :class:`occ.features.FeatureExtractor`), or None where it was not computed (a bare trunk pass).
 
     The arrays are kept as they were given: numpy arrays (the feature cache reads them so, without
     torch) or torch tensors (a trunk pass). ``cls``, ``embeds`` and ``kv`` are torch tensors (a numpy
@@ -161,8 +165,9 @@ class Trunk:
     """
 
     def __init__(self, cls: np.ndarray | torch.Tensor, embeds: np.ndarray | torch.Tensor,
-                 kv: dict[int, np.ndarray | torch.Tensor] | None = None):
+                 kv: dict[int, np.ndarray | torch.Tensor] | None = None, low: np.ndarray | None = None):
         self._cls, self._embeds, self._kv = cls, embeds, dict(kv or {})
+        self.low = None if low is None else np.asarray(low, dtype=np.float32)
 
     @property
     def cls(self) -> torch.Tensor:
@@ -201,7 +206,8 @@ class Trunk:
 
     def select(self, index) -> Trunk:
         return Trunk(_take(self._cls, index), _take(self._embeds, index),
-                     {k: _take(v, index) for k, v in self._kv.items()})
+                     {k: _take(v, index) for k, v in self._kv.items()},
+                     None if self.low is None else _take(self.low, index))
 
     @staticmethod
     def concat(parts: Sequence[Trunk]) -> Trunk:
@@ -212,6 +218,7 @@ class Trunk:
             _cat([p._cls for p in parts]),
             _cat([p._embeds for p in parts]),
             {k: _cat([p._kv[k] for p in parts]) for k in sorted(keys)},
+            None if any(p.low is None for p in parts) else np.concatenate([p.low for p in parts]),
         )
 
 
@@ -314,6 +321,7 @@ def empty_trunk(backbone: Backbone, blocks: Sequence[int]) -> Trunk:
         np.zeros((0, backbone.num_layers + 1, d), np.float32),
         np.zeros((0, backbone.projection_dim), np.float32),
         {b: np.zeros((0, 2, backbone.num_patches, d), np.float16) for b in blocks},
+        np.zeros((0, LOW_DIMS), np.float32),
     )
 
 
