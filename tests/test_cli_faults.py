@@ -144,8 +144,9 @@ def test_kill_minus_9_during_enroll(w, tmp_path) -> None:
             elif "fresh" in names:
                 assert seed_of(reg, "fresh") == 1 and len(scores(w, reg, "fresh")) == 12, context
             assert scores(w, reg) == before, context
-        # A later enroll works and sweeps what the killed one left behind.
-        assert invoke(*clikit.enroll_args("p2", w.b_train, reg, w.backbone)).code == 0
+        # A later enroll works and sweeps what the killed one left behind ('fresh', if it was committed,
+        # was trained on the same images).
+        assert invoke(*clikit.enroll_args("p2", w.b_train, reg, w.backbone, "--allow-overlap")).code == 0
         assert os.listdir(reg / ".staging") == [], context
         for name in os.listdir(reg / "sources"):
             assert sorted(os.listdir(reg / "sources" / name)) == ["CURRENT", version_dir(reg, name).name], context
@@ -216,7 +217,8 @@ def test_full_disk_during_enroll_and_set_threshold(w, tmp_path, monkeypatch) -> 
     monkeypatch.setattr(os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left on device")))
     commands = [
         (clikit.enroll_args("a", w.a_train, reg, w.backbone, "--replace", "--seed", "3"), "saving source 'a'"),
-        (clikit.enroll_args("new", w.a_train, reg, w.backbone), "saving source 'new'"),
+        # (images no source was trained on: an overlap with 'a' would be refused before any write)
+        (clikit.enroll_args("new", w.a_test, reg, w.backbone), "saving source 'new'"),
         (["sources", "set-threshold", "a", "--far", "0.3", "--registry", reg], "saving source 'a'"),
         (["import", archive, "--as", "b2", "--registry", reg], "saving source 'b2'"),
     ]
