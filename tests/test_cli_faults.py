@@ -328,6 +328,11 @@ def test_damaged_verifier_is_refused_and_attribute_goes_on(w, tmp_path, damage) 
         assert listing.code == 1 and "│ a    │ unusable" in listing.stdout, listing
         assert len(listing.err_lines) == 1 and listing.err_lines[0].startswith("unusable: source 'a': ")
         assert needle in listing.stderr, listing
+        as_json = invoke("sources", "--registry", reg, "--json")  # the reason is the object's error
+        assert as_json.code == 1 and as_json.stderr == "", as_json
+        a, b = as_json.json()
+        assert set(a) == {"name", "error"} and a["name"] == "a" and needle in a["error"], a
+        assert b["name"] == "b" and b["weak"] is False, b
     assert scores(w, reg, "b") == b_before  # the other source is untouched
 
     # With the damaged source alone there is nothing to attribute with: a clear error, exit 1, and no

@@ -75,7 +75,13 @@ def enroll(
     threads: ThreadsOpt = None,
     device: DeviceOpt = "cpu",
 ) -> None:
-    """Learn a verifier for source NAME from example images and store it in the registry."""
+    """Learn a verifier for source NAME from example images and store it in the registry.
+
+    Refused before anything is fitted or written (exit 2): fewer than 5 distinct readable images (unless
+    --force), or training images that are training images of another source (unless --allow-overlap). A
+    source that accepts less than half of its own held-out images at its threshold is stored with a
+    warning and marked weak in `occ sources`.
+    """
     from occ.config import VerifierConfig
     from occ.enrollment import enroll as do_enroll
     from occ.sources import enroll_backbone_spec
