@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -26,7 +27,8 @@ import numpy as np
 from occ.backbones.base import Backbone, Trunk
 from occ.errors import ImageError, OccError, RegistryError, UsageError
 from occ.features import FeatureExtractor
-from occ.images import ImageFile
+from occ.images import ImageFile, iter_paths, read_image_file
+from occ.paths import display_path
 from occ.registry import Registry
 from occ.sources import require_enrolled
 
@@ -183,10 +185,57 @@ class Attributor:
                                 {name: float(raw[name][i]) for name in self.verifiers}, raw_thresholds))
         return out
 
+    def results(self, inputs: Iterable) -> Iterator[Decision | ImageError]:
+        """A :class:`Decision` or, for a file that cannot be used, an :class:`ImageError` per image under
+        ``inputs`` (files and folders), in input order: a failed file's error comes where the file does.
+
+        Files are read as they come and decided in batches of the extractor's batch size; an error is
+        held back only until the images before it in that batch are decided."""
+        pending: list[ImageFile | ImageError] = []  # in input order, from the first file not yet decided
+        n_files = 0
+        for item in iter_paths(inputs):
+            if not isinstance(item, ImageError):
+                try:
+                    item = read_image_file(item)
+                except ImageError as exc:
+                    item = exc
+            if isinstance(item, ImageError) and not pending:
+                yield item  # nothing before it is waiting
+                continue
+            pending.append(item)
+            n_files += isinstance(item, ImageFile)
+            if n_files == self.extractor.batch_size:
+                yield from self._in_place(pending)
+                pending, n_files = [], 0
+        if pending:
+            yield from self._in_place(pending)
+
+    def _in_place(self, items: Sequence[ImageFile | ImageError]) -> list[Decision | ImageError]:
+        """``items`` with each file replaced by its decision, or by its error when it cannot be decoded.
+        The files go to the extractor under their index as path (as ``occ serve`` does), so every result
+        finds its place even when one file is named twice."""
+        out: list[Decision | ImageError] = list(items)
+        files = [ImageFile(Path(str(i)), f.sha256, f.data) for i, f in enumerate(items) if isinstance(f, ImageFile)]
+
+        def on_error(exc: ImageError) -> None:
+            i = int(exc.path)
+            out[i] = ImageError(display_path(items[i].path), exc.reason)  # as images.py names files
+
+        for decision in self.run_files(files, on_error):
+            i = int(decision.path)
+            decision.path = str(items[i].path)
+            out[i] = decision
+        return out
+
     def run(self, inputs: Iterable, on_error: Callable[[ImageError], None] | None = None) -> Iterator[Decision]:
-        """Stream decisions for the images under ``inputs`` (files and folders), in input order."""
-        for batch in self.extractor.stream(inputs, self.blocks, on_error):
-            yield from self.decide(batch.trunk, [im.path for im in batch.images])
+        """Stream decisions for the images under ``inputs`` (files and folders), in input order; each file
+        that cannot be used goes to ``on_error`` in its place among them (see :meth:`results`)."""
+        for result in self.results(inputs):
+            if not isinstance(result, Decision):
+                if on_error:
+                    on_error(result)
+                continue
+            yield result
 
     def run_files(self, files: Sequence[ImageFile],
                   on_error: Callable[[ImageError], None] | None = None) -> Iterator[Decision]:

@@ -8,7 +8,12 @@ skipped and counted), and (c) any folders the user adds with ``negatives``.
 ``lda`` sources (the default kind) do not use (b) in their own fit: they store the evidence of their
 training views instead, and after every enrollment the registry-wide joint model is refitted over all
 of them (:func:`occ.openset.refit`), so every source is a non-target for every other whatever the order.
-Training images already enrolled under another name are reported (``EnrollResult.overlaps``).
+A quality gate comes before anything is fitted or stored: fewer than :data:`MIN_SHOTS` distinct readable
+target images are refused unless ``force`` (never fewer than :data:`MIN_FORCED`), and training images
+already enrolled under another name (same sha256 of the file's bytes) are refused unless
+``allow_overlap``, since such an image would be a target of one source and a non-target of the other,
+and would move the other source's threshold. A source stored whose held-out TPR is below
+:data:`occ.sources.WEAK_TPR` is flagged weak (``EnrollResult.weak``).
 """
 
 from __future__ import annotations
@@ -26,11 +31,12 @@ from occ.features import FeatureExtractor, Features
 from occ.negatives import bank_paths
 from occ.openset import BANK_KEY
 from occ.registry import Registry, SourceRecord
-from occ.sources import enrolled_on
+from occ.sources import decision_calibration, enrolled_on, is_weak
 from occ.verifier import Verifier
 
 Progress = Callable[[str, int, int], None]
-MIN_SHOTS = 5  # fewer target images than this: the enrollment summary warns
+MIN_SHOTS = 5  # fewer distinct readable target images than this: refused unless force (then warned)
+MIN_FORCED = 2  # the least any verifier is fitted from, even with force: cross-validation needs two folds
 MIN_HELDOUT = 10  # held-out figures resting on fewer target images are flagged as rough
 
 
@@ -43,6 +49,7 @@ class EnrollResult:
     errors: list[ImageError] = field(default_factory=list)
     seconds: float = 0.0
     overlaps: dict[str, int] = field(default_factory=dict)  # other source -> training images shared with it
+    weak: bool = False  # held-out TPR below occ.sources.WEAK_TPR at the threshold that decides it
 
 
 def _dedupe(features: Features, exclude: set[str] = frozenset()) -> Features:
@@ -95,8 +102,14 @@ def enroll(
     backbone_spec: str | None = None,
     on_error: Callable[[ImageError], None] | None = None,
     progress: Progress | None = None,
+    force: bool = False,
+    allow_overlap: bool = False,
 ) -> EnrollResult:
-    """Learn a verifier for source ``name`` from the images under ``paths`` and store it."""
+    """Learn a verifier for source ``name`` from the images under ``paths`` and store it.
+
+    UsageError, before anything is fitted or written, when fewer than :data:`MIN_SHOTS` distinct target
+    images are readable (``force``: down to :data:`MIN_FORCED`), or when some of them are training images
+    of another enrolled source (unless ``allow_overlap``)."""
     start = time.perf_counter()
     registry.check_new(name, replace=replace)
     verifier = verifier or Verifier()
@@ -112,10 +125,15 @@ def enroll(
     if progress:
         progress("target images", 0, 1)
     pos = _dedupe(extractor.load(paths, blocks, bad))
-    if len(pos) < 2:
-        raise UsageError(f"need at least 2 readable target images to enroll '{name}', found {len(pos)}")
+    check_count(name, len(pos), force)
     pos_shas = {im.sha256 for im in pos.images}
     overlaps = training_overlaps(registry, name, pos_shas)
+    if overlaps and not allow_overlap:
+        (first, n), *more = overlaps.items()
+        shared = "".join([f"{n} of its training images are already training images of source '{first}'",
+                          *(f", {k} of source '{other}'" for other, k in more)])
+        raise UsageError(f"cannot enroll '{name}': {shared} (same file contents), and would be a target of one "
+                         "source and a non-target of the other; leave them out, or pass --allow-overlap")
     stores_evidence = verifier.config.head_class.stores_evidence
     if stores_evidence:
         use_registry = False  # other sources compete in the joint model, whatever the order
@@ -177,7 +195,19 @@ def enroll(
         from occ.openset import refit
 
         refit(registry, backbone, extractor=extractor, progress=progress)
-    return EnrollResult(record, stored, len(pos), counts, errors, time.perf_counter() - start, overlaps)
+    weak = is_weak(decision_calibration(registry, name, registry.info(name).meta)[0])
+    return EnrollResult(record, stored, len(pos), counts, errors, time.perf_counter() - start, overlaps, weak)
+
+
+def check_count(name: str, n: int, force: bool = False) -> None:
+    """UsageError when ``n`` distinct readable target images are too few to enroll source ``name``."""
+    if n >= MIN_SHOTS or (force and n >= MIN_FORCED):
+        return
+    if n < MIN_FORCED:
+        raise UsageError(f"cannot enroll '{name}' from {n} distinct readable target image(s): the minimum is "
+                         f"{MIN_SHOTS} ({MIN_FORCED} with --force)")
+    raise UsageError(f"cannot enroll '{name}' from {n} distinct readable target images: the minimum is {MIN_SHOTS} "
+                     "(below it a verifier is unreliable); add images, or pass --force to enroll it anyway")
 
 
 def training_overlaps(registry: Registry, name: str, shas: set[str]) -> dict[str, int]:

@@ -11,6 +11,17 @@ from pathlib import Path
 from occ.calibration import Calibration
 from occ.errors import OccError, RegistryError, UsageError
 
+# A source is *weak* when it accepts less than this share of its own held-out images at its threshold
+# (the held-out TPR of the calibration that decides it). Below one half it rejects more of its own images
+# than it accepts: for a genuine image of the source "unknown" is then the likelier answer, so neither its
+# accepts nor its rejects say much. A healthy source sits near its --tpr target (0.9 by default) and only
+# falls this far when the --far rule (or, for lda, the joint model's zero-margin floor and spread check)
+# had to lift the threshold far above it, i.e. when the negatives or the other sources look like it.
+# Held-out noise does not reach it: a source that truly accepts 90 % of its images shows below 0.5 on 10
+# held-out images with probability 0.00015 (binomial), on 5 with probability 0.009. A --tpr target below
+# 0.5 makes a source weak by choice, and it is flagged as such.
+WEAK_TPR = 0.5
+
 # Fields of verifier.json that `sources show` leaves out: the store's own, and the bulky lists it
 # summarises (the held-out scores inside the calibration, the training images' hashes under their own key).
 _NOT_SHOWN = ("calibration", "training_images", "checksum", "files")
@@ -75,11 +86,17 @@ def decision_calibration(registry, name: str, meta: dict) -> tuple[Calibration, 
     return Calibration.from_dict(meta["calibration"]), "own fit"
 
 
+def is_weak(cal: Calibration) -> bool:
+    """Whether the source ``cal`` decides accepts less than :data:`WEAK_TPR` of its held-out images."""
+    return cal.tpr < WEAK_TPR
+
+
 def listing(registry, name: str, meta: dict) -> dict:
-    """One row of ``occ sources``: kind, images, threshold and held-out rates, backbone, creation time."""
+    """One row of ``occ sources``: kind, images, threshold and held-out rates, whether it is weak
+    (:func:`is_weak`, read from the calibration that decides it now), backbone, creation time."""
     cal, _ = decision_calibration(registry, name, meta)
     return {"kind": meta.get("kind", "?"), "images": meta.get("n_target", "?"), "threshold": cal.calibrated_threshold,
-            "heldout_tpr": cal.tpr, "heldout_far": cal.achieved_far,
+            "heldout_tpr": cal.tpr, "heldout_far": cal.achieved_far, "weak": is_weak(cal),
             "backbone": (meta.get("backbone") or {}).get("spec") or "?", "created": meta.get("created", "?")}
 
 
@@ -91,7 +108,7 @@ def details(registry, name: str, meta: dict) -> dict:
                               "threshold_calibrated": cal.calibrated_threshold, "threshold_raw": cal.threshold,
                               "heldout_tpr": cal.tpr, "heldout_far": cal.achieved_far, "heldout_auc": cal.auc,
                               "heldout_target": len(cal.pos_scores), "heldout_nontarget": len(cal.neg_scores),
-                              "from": origin}
+                              "weak": is_weak(cal), "from": origin}
     summary["training_images_sha256"] = meta.get("training_images", [])
     return summary
 

@@ -144,8 +144,9 @@ def test_kill_minus_9_during_enroll(w, tmp_path) -> None:
             elif "fresh" in names:
                 assert seed_of(reg, "fresh") == 1 and len(scores(w, reg, "fresh")) == 12, context
             assert scores(w, reg) == before, context
-        # A later enroll works and sweeps what the killed one left behind.
-        assert invoke(*clikit.enroll_args("p2", w.b_train, reg, w.backbone)).code == 0
+        # A later enroll works and sweeps what the killed one left behind ('fresh', if it was committed,
+        # was trained on the same images).
+        assert invoke(*clikit.enroll_args("p2", w.b_train, reg, w.backbone, "--allow-overlap")).code == 0
         assert os.listdir(reg / ".staging") == [], context
         for name in os.listdir(reg / "sources"):
             assert sorted(os.listdir(reg / "sources" / name)) == ["CURRENT", version_dir(reg, name).name], context
@@ -216,7 +217,8 @@ def test_full_disk_during_enroll_and_set_threshold(w, tmp_path, monkeypatch) -> 
     monkeypatch.setattr(os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left on device")))
     commands = [
         (clikit.enroll_args("a", w.a_train, reg, w.backbone, "--replace", "--seed", "3"), "saving source 'a'"),
-        (clikit.enroll_args("new", w.a_train, reg, w.backbone), "saving source 'new'"),
+        # (images no source was trained on: an overlap with 'a' would be refused before any write)
+        (clikit.enroll_args("new", w.a_test, reg, w.backbone), "saving source 'new'"),
         (["sources", "set-threshold", "a", "--far", "0.3", "--registry", reg], "saving source 'a'"),
         (["import", archive, "--as", "b2", "--registry", reg], "saving source 'b2'"),
     ]
@@ -326,6 +328,11 @@ def test_damaged_verifier_is_refused_and_attribute_goes_on(w, tmp_path, damage) 
         assert listing.code == 1 and "│ a    │ unusable" in listing.stdout, listing
         assert len(listing.err_lines) == 1 and listing.err_lines[0].startswith("unusable: source 'a': ")
         assert needle in listing.stderr, listing
+        as_json = invoke("sources", "--registry", reg, "--json")  # the reason is the object's error
+        assert as_json.code == 1 and as_json.stderr == "", as_json
+        a, b = as_json.json()
+        assert set(a) == {"name", "error"} and a["name"] == "a" and needle in a["error"], a
+        assert b["name"] == "b" and b["weak"] is False, b
     assert scores(w, reg, "b") == b_before  # the other source is untouched
 
     # With the damaged source alone there is nothing to attribute with: a clear error, exit 1, and no

@@ -103,6 +103,13 @@ def test_cli_engine_ray_jsonl_and_parquet(ray_runtime, w, inputs, plain, tmp_pat
     assert [r["path"] for r in table] == order
     assert [r["path"] for r in table if r["error"] is not None] == [str(inputs[2]), str(inputs[3])]
     assert f"wrote {len(order)} rows" in run.stderr, run
+    run = invoke("attribute", *inputs, "--registry", w.reg_ab, "--engine", "ray", "--workers", "2")
+    assert run.code == 1, run  # the table: every row in input order, the failed ones saying so in their place
+    rows = [[c.strip() for c in line.split("│")[1:-1]] for line in run.stdout.splitlines() if line.startswith("│")]
+    assert [r[0] for r in rows] == order
+    assert [(r[0], r[1], r[-1]) for r in rows if r[1] == "error"] == [
+        (str(inputs[2]), "error", "no such file or folder"),
+        (str(inputs[3]), "error", "not an image (unrecognised content)")]
 
 
 def test_output_needs_the_ray_engine_and_parquet(w, tmp_path) -> None:

@@ -14,6 +14,8 @@ import clikit
 import pytest
 from clikit import invoke
 
+from occ.testing import imagegen
+
 
 @pytest.fixture(scope="module")
 def w(tmp_path_factory, tiny_clip_dir) -> clikit.World:
@@ -149,3 +151,132 @@ def test_set_threshold_changes_only_the_threshold(w, tmp_path) -> None:
     assert {k: v for k, v in after.items() if k != "calibration"} == {k: v for k, v in before.items()
                                                                        if k != "calibration"}
     assert invoke("verify", w.a_test, "--source", "a", "--registry", reg, "--json").code == 0
+
+
+# -------------------------------------------------------------------------------------------------- quality gate
+
+
+def copies(folder: Path, images) -> Path:
+    """A new folder holding copies of ``images`` (same bytes, so the same sha256)."""
+    folder.mkdir(parents=True)
+    for i, path in enumerate(images):
+        (folder / f"{i}-{path.name}").write_bytes(path.read_bytes())
+    return folder
+
+
+def test_force_enrolls_fewer_than_five_images(w, tmp_path) -> None:
+    shots = sorted(w.a_train.iterdir())
+    four = copies(tmp_path / "four", shots[:4])
+    (four / "x-text.png").write_text("a text file, not an image\n")  # 5 files, 4 of them readable
+    (four / "y-again.png").write_bytes(shots[0].read_bytes())  # 6 files, still 4 distinct images
+    reg = tmp_path / "reg"
+    run = invoke(*clikit.enroll_args("s", four, reg, w.backbone))
+    assert run.code == 2, run
+    assert run.err_lines[-1] == ("error: cannot enroll 's' from 4 distinct readable target images: the minimum is 5 "
+                                 "(below it a verifier is unreliable); add images, or pass --force to enroll it "
+                                 "anyway"), run
+    assert len(run.err_lines) == 2 and run.err_lines[0].startswith("skipped ") and "x-text.png" in run.err_lines[0]
+    assert run.stdout == "" and not (reg / "sources").exists()  # nothing fitted, nothing written
+
+    run = invoke(*clikit.enroll_args("s", four, reg, w.backbone, "--force"))
+    assert run.code == 1, run  # stored; 1 because one input was unreadable
+    assert stored(reg)["n_target"] == 4
+    assert "only 4 target images: below 5" in run.stderr  # still warned about
+
+    five = copies(tmp_path / "five", shots[:5])
+    run = invoke(*clikit.enroll_args("five", five, tmp_path / "reg5", w.backbone))
+    assert run.code == 0 and "only" not in run.stderr, run  # 5 is enough without --force
+
+
+def test_force_never_goes_below_two_images(w, tmp_path) -> None:
+    one = copies(tmp_path / "one", sorted(w.a_train.iterdir())[:1])
+    for extra in ([], ["--force"]):
+        run = invoke(*clikit.enroll_args("s", one, tmp_path / "reg", w.backbone, *extra))
+        assert run.code == 2, run
+        assert run.err_lines == ["error: cannot enroll 's' from 1 distinct readable target image(s): the minimum is 5 "
+                                 "(2 with --force)"], run
+    assert not (tmp_path / "reg" / "sources").exists()
+
+
+def test_allow_overlap_enrolls_images_another_source_was_trained_on(w, tmp_path) -> None:
+    reg = clikit.copy_registry(w.reg_ab, tmp_path / "reg")
+    before = clikit.tree(reg)
+    mixed = copies(tmp_path / "mixed", [*sorted(w.a_train.iterdir())[:3], *sorted(w.b_test.iterdir())])
+    run = invoke(*clikit.enroll_args("s", mixed, reg, w.backbone))
+    assert run.code == 2, run
+    assert run.err_lines == ["error: cannot enroll 's': 3 of its training images are already training images of "
+                             "source 'a' (same file contents), and would be a target of one source and a non-target "
+                             "of the other; leave them out, or pass --allow-overlap"], run
+    assert clikit.tree(reg) == before  # nothing written, the joint model untouched
+    both = copies(tmp_path / "both", [*sorted(w.a_train.iterdir())[:2], *sorted(w.b_train.iterdir())[:5]])
+    run = invoke(*clikit.enroll_args("s", both, reg, w.backbone))
+    assert run.code == 2 and "2 of its training images are already training images of source 'a', 5 of source 'b' " \
+        "(same file contents)" in run.stderr, run
+
+    run = invoke(*clikit.enroll_args("s", mixed, reg, w.backbone, "--allow-overlap"))
+    assert run.code == 0, run
+    assert stored(reg)["n_target"] == 9
+    assert "3 of these training images are also training images of source 'a'" in run.stderr  # still warned about
+
+
+def test_the_same_folder_under_a_second_name_is_refused_but_replacing_a_source_is_not(w, tmp_path) -> None:
+    reg = clikit.copy_registry(w.reg_a, tmp_path / "reg")
+    run = invoke(*clikit.enroll_args("again", w.a_train, reg, w.backbone))
+    assert run.code == 2 and "8 of its training images are already training images of source 'a'" in run.stderr, run
+    assert invoke("sources", "show", "again", "--registry", reg).code != 0
+    run = invoke(*clikit.enroll_args("a", w.a_train, reg, w.backbone, "--replace", "--seed", "1"))
+    assert run.code == 0, run  # its own earlier version is not another source
+
+
+def sources_json(reg: Path) -> dict[str, dict]:
+    run = invoke("sources", "--registry", reg, "--json")
+    assert run.code == 0 and run.stderr == "", run
+    return {row.pop("name"): row for row in run.json()}
+
+
+def quality_column(reg: Path) -> dict[str, str]:
+    run = invoke("sources", "--registry", reg)
+    assert run.code == 0, run
+    header = next(line for line in run.stdout.splitlines() if line.startswith("┃"))
+    column = [c.strip() for c in header.split("┃")[1:-1]].index("quality")
+    rows = [[c.strip() for c in line.split("│")[1:-1]] for line in run.stdout.splitlines() if line.startswith("│")]
+    return {row[0]: row[column] for row in rows}
+
+
+def test_a_weak_source_is_stored_warned_about_and_flagged(w, tmp_path, default) -> None:
+    run, _ = default
+    assert "weak" not in run.stderr  # a healthy source (held-out TPR about 0.9): no warning
+    reg = clikit.copy_registry(w.reg_ab, tmp_path / "reg")
+    assert quality_column(reg) == {"a": "ok", "b": "ok"}
+    # a source (of another family: colour patterns) that accepts a third of its own held-out images (--tpr
+    # asks for no more)
+    weak = tmp_path / "weak"
+    weak.mkdir()
+    for seed in range(8):
+        imagegen.pattern_image(seed=seed).save(weak / f"pattern{seed}.png")
+    run = invoke(*clikit.enroll_args("w", weak, reg, w.backbone, "--tpr", "0.3"))
+    assert run.code == 0, run
+    listed = sources_json(reg)
+    tpr = listed["w"]["heldout_tpr"]
+    assert tpr < 0.5 and stored(reg, "w")["calibration"]["weak"] is True
+    warned = [line for line in run.err_lines if "is weak" in line]
+    assert warned == [f"warning: source 'w' is weak: it accepts {tpr:.3f} of its own held-out images at its "
+                      "threshold, below 0.5; stored, and marked weak in `occ sources` (enroll more, or more typical, "
+                      "images)"], run
+    assert set(listed) == {"a", "b", "w"} and listed["w"]["weak"] is True and listed["w"]["images"] == 8
+    for row in listed.values():  # (a and b were refitted beside w: each is flagged by its own held-out TPR)
+        assert set(row) == {"kind", "images", "threshold", "heldout_tpr", "heldout_far", "weak", "backbone", "created"}
+        assert row["weak"] is (row["heldout_tpr"] < 0.5), row
+    assert quality_column(reg) == {n: "weak" if r["weak"] else "ok" for n, r in listed.items()}
+
+
+def test_weak_follows_the_threshold_that_decides_the_source(w, tmp_path) -> None:
+    reg = clikit.copy_registry(w.reg_a, tmp_path / "reg")
+    assert sources_json(reg)["a"]["weak"] is False
+    run = invoke("sources", "set-threshold", "a", "--tpr", "0.3", "--registry", reg)
+    assert run.code == 0, run
+    assert sources_json(reg)["a"]["weak"] is True and quality_column(reg) == {"a": "weak"}
+    assert "warning: source 'a' is weak" in run.stderr, run
+    run = invoke("sources", "set-threshold", "a", "--tpr", "0.9", "--registry", reg)
+    assert run.code == 0 and "weak" not in run.stderr, run
+    assert sources_json(reg)["a"]["weak"] is False

@@ -166,6 +166,8 @@ def test_overlapping_training_sets_are_reported(tmp_path, images, tiny_vision_di
     for p in sorted(images["noise"][0].iterdir())[:3] + sorted(images["grad"][0].iterdir()):
         (mixed / f"{p.parent.parent.name}-{p.name}").write_bytes(p.read_bytes())
     run = invoke("enroll", "grad", mixed, "--registry", reg, "--backbone", tiny_vision_dir)
+    assert run.code == 2 and "3 of its training images are already training images of source 'noise'" in run.stderr
+    run = invoke("enroll", "grad", mixed, "--registry", reg, "--backbone", tiny_vision_dir, "--allow-overlap")
     assert run.code == 0, run
     assert "3 of these training images are also training images of source 'noise'" in run.stderr
 
@@ -175,8 +177,8 @@ def test_few_shots_are_warned_about(tmp_path, images, tiny_vision_dir):
     few.mkdir()
     for p in sorted(images["noise"][0].iterdir())[:3]:
         (few / p.name).write_bytes(p.read_bytes())
-    run = invoke("enroll", "noise", few, "--registry", tmp_path / "r", "--backbone", tiny_vision_dir)
-    assert run.code == 0, run
+    run = invoke("enroll", "noise", few, "--registry", tmp_path / "r", "--backbone", tiny_vision_dir, "--force")
+    assert run.code == 0, run  # (without --force, fewer than 5 images are refused: tests/test_enroll_options.py)
     assert "only 3 target images" in run.stderr and "held-out figures rest on 3 target images" in run.stderr
     run = invoke("enroll", "grad", images["grad"][0], "--registry", tmp_path / "r", "--backbone", tiny_vision_dir)
     assert "only" not in run.stderr  # 8 images: no warning about the count

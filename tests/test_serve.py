@@ -138,6 +138,21 @@ def test_verify_one_source_and_request_errors(served, w) -> None:
     assert status == 422
 
 
+def test_verify_answers_in_upload_order_with_failed_uploads_in_place(served, w, tmp_path) -> None:
+    url, reg = served
+    fresh = clikit.noise_family(tmp_path / "fresh", [950, 951])  # not in the feature cache: through the trunk
+    good = [w.good(0), fresh[0], w.good(1), fresh[1]]
+    files = [("empty.png", b""), *uploads(good[0], good[1]), ("text.png", b"just text\n"), *uploads(good[2]),
+             ("too-big.png", b"\0" * 200_001), *uploads(good[3])]
+    status, rows = http("POST", f"{url}/v1/verify?source=a", files)
+    assert status == 200, rows
+    assert [r["path"] for r in rows] == [name for name, _ in files]
+    assert [r.get("error") for r in rows] == ["empty upload", None, None, "not an image (unrecognised content)",
+                                              None, "upload too large (over 200000 bytes)", None]
+    cli = invoke("verify", *good, "--source", "a", "--registry", reg, "--json").json()
+    assert [r for r in rows if "error" not in r] == [dict(c, path=Path(c["path"]).name) for c in cli]
+
+
 def test_limits_images_bytes_and_pixels(w, tiny_backbone, tmp_path) -> None:
     reg = clikit.copy_registry(w.reg_a, tmp_path / "reg")
     small = Limits(max_image_bytes=6_000, max_images=2, max_pixels=1_000)

@@ -80,9 +80,10 @@ def attribute_on_ray(paths, reg, fmt_out: str, *, backbone, threads, device, add
                             csv_rows.row(row)
                         elif fmt_out == "json":
                             print(json.dumps(row), flush=True)
-                        else:
+                        else:  # the table shows it in its place; the line says it now
                             err.print(f"[yellow]skipped[/yellow] {markup_line(row['path'] + ': ' + row['error'])}",
                                       markup=True)
+                            rows.append(row)
                     elif csv_rows:
                         csv_rows.row(attribute_csv_row(row))
                     elif fmt_out == "json":

@@ -63,12 +63,25 @@ def enroll(
     steps: Annotated[int | None, typer.Option("--steps", help="Training steps per model (default 60).")] = None,
     no_bank: Annotated[bool, typer.Option("--no-default-negatives", help="Do not use the shipped bank of real "
                                           "photos as negatives.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Enroll from fewer than 5 distinct readable images (at "
+                                        "least 2), which is refused without it: such a verifier is unreliable.")]
+    = False,
+    allow_overlap: Annotated[bool, typer.Option("--allow-overlap", help="Enroll training images that are also "
+                                                "training images of another source (same file contents), which "
+                                                "is refused without it: each is then a target of one source and "
+                                                "a non-target of the other.")] = False,
     registry: RegistryOpt = None,
     backbone: BackboneOpt = None,
     threads: ThreadsOpt = None,
     device: DeviceOpt = "cpu",
 ) -> None:
-    """Learn a verifier for source NAME from example images and store it in the registry."""
+    """Learn a verifier for source NAME from example images and store it in the registry.
+
+    Refused before anything is fitted or written (exit 2): fewer than 5 distinct readable images (unless
+    --force), or training images that are training images of another source (unless --allow-overlap). A
+    source that accepts less than half of its own held-out images at its threshold is stored with a
+    warning and marked weak in `occ sources`.
+    """
     from occ.config import VerifierConfig
     from occ.enrollment import enroll as do_enroll
     from occ.sources import enroll_backbone_spec
@@ -90,7 +103,7 @@ def enroll(
         result = do_enroll(reg, name, paths, backbone=bb, verifier=Verifier(config), negatives=negatives or (),
                            use_bank=not no_bank, replace=replace, backbone_spec=spec,
                            on_error=lambda e: (errors.append(e), report_file_error(e, False)),
-                           progress=on_progress)
+                           progress=on_progress, force=force, allow_overlap=allow_overlap)
     # Everything below is read back from the stored verifier, not from the options.
     from occ.sources import decision_calibration
 
@@ -123,8 +136,13 @@ def enrollment_warnings(result, cal) -> list[str]:
     """What a user must know about an enrollment before trusting it, read from what was fitted (``cal``:
     the calibration that decides the source)."""
     from occ.enrollment import MIN_HELDOUT, MIN_SHOTS
+    from occ.sources import WEAK_TPR, is_weak
 
     out = []
+    if is_weak(cal):
+        out.append(f"source '{result.record.name}' is weak: it accepts {fmt(cal.tpr)} of its own held-out images at "
+                   f"its threshold, below {WEAK_TPR:g}; stored, and marked weak in `occ sources` (enroll more, or "
+                   "more typical, images)")
     if result.n_target < MIN_SHOTS:
         out.append(f"only {result.n_target} target images: below {MIN_SHOTS}, a verifier is unreliable; enroll more")
     if result.n_target < MIN_HELDOUT:

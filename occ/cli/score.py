@@ -21,6 +21,7 @@ from occ.cli.common import (
     fmt,
     handle_errors,
     json_option,
+    markup_line,
     markup_path,
     open_registry,
     print_table,
@@ -29,7 +30,7 @@ from occ.cli.common import (
     warn,
 )
 from occ.cli.output import CsvRows, ImageProgress, count_images, output_format, summary
-from occ.errors import UsageError
+from occ.errors import ImageError, UsageError
 
 PathsArg = Annotated[list[Path], typer.Argument(help="Image files or folders.")]
 PerImageJson = Annotated[bool, json_option("one JSON object per image (or per unreadable file)")]
@@ -41,18 +42,16 @@ def warn_if_stale(attributor) -> None:
              "fitted again in memory for this run; `occ refit` stores it")
 
 
-def _on_error(bar: ImageProgress, csv_rows: CsvRows | None, as_json: bool, failures: list):
-    """The ``on_error`` of a batch: counts the file, reports it where the results go."""
-
-    def on_error(exc):
-        failures.append(exc)
-        bar.advance()
-        if csv_rows:
-            csv_rows.row({"path": exc.path, "error": exc.reason})
-        else:
-            report_file_error(exc, as_json)
-
-    return on_error
+def _failed(exc, bar: ImageProgress, csv_rows: CsvRows | None, fmt_out: str, failures: list) -> None:
+    """A file that could not be used, in its place among the results: counted, and its row where the
+    results go (a JSON line, a CSV row with the error column; for the table, a line on stderr now and its
+    row in the table at the end)."""
+    failures.append(exc)
+    bar.advance()
+    if csv_rows:
+        csv_rows.row({"path": exc.path, "error": exc.reason})
+    else:
+        report_file_error(exc, fmt_out == "json")
 
 
 @handle_errors
@@ -91,7 +90,13 @@ def verify(
     csv_rows = CsvRows(["path", "source", "score", "threshold", "accepted"]) if fmt_out == "csv" else None
     bar = ImageProgress(f"verifying against '{source}'", count_images(paths))
     with bar:
-        for d in attributor.run(paths, _on_error(bar, csv_rows, as_json, failures)):
+        for d in attributor.results(paths):
+            if isinstance(d, ImageError):
+                _failed(d, bar, csv_rows, fmt_out, failures)
+                if fmt_out == "table":
+                    rows.append((markup_path(d.path), "-", "-", "[red]error[/red]", *(["-"] if inspector else []),
+                                 d.reason))
+                continue
             bar.advance()
             row = verify_row(d, source)
             outcome["accepted" if row["accepted"] else "rejected"] += 1
@@ -107,11 +112,12 @@ def verify(
                                   accepted=str(row["accepted"]).lower()))
             else:
                 rows.append((markup_path(d.path), fmt(d.scores[source]), fmt(d.thresholds[source]),
-                             "[green]yes[/green]" if row["accepted"] else "no", *([cell] if cell is not None else [])))
+                             "[green]yes[/green]" if row["accepted"] else "no", *([cell] if cell is not None else []),
+                             None))
     summary("verify", bar.done - len(failures), len(failures), bar.seconds, outcome)
-    if rows:
-        print_table(f"verify against '{source}'",
-                    ("image", "score", "threshold", "accepted", *(["provenance"] if inspector else [])), rows)
+    if rows and fmt_out == "table":
+        columns = ("image", "score", "threshold", "accepted", *(["provenance"] if inspector else []))
+        print_table(f"verify against '{source}'", with_error_column(columns, rows), error_cells(rows))
         provenance_cli.print_disagreements(found)
     raise typer.Exit(1 if failures else 0)
 
@@ -143,7 +149,7 @@ def attribute(
     images. Sources of other kinds accept when their score reaches their threshold (see `occ verify
     --help`). Among accepting sources the highest score wins; scores (0..1) compare across sources.
     """
-    from occ.attribution import Attributor, attribute_row
+    from occ.attribution import Attributor, attribute_row, error_row
     from occ.sources import require_enrolled
 
     fmt_out = output_format(as_json, as_csv)
@@ -176,7 +182,12 @@ def attribute(
     csv_rows = CsvRows(attribute_csv_columns(names)) if fmt_out == "csv" else None
     bar = ImageProgress(f"attributing over {len(names)} source(s)", count_images(paths))
     with bar:
-        for d in attributor.run(paths, _on_error(bar, csv_rows, as_json, failures)):
+        for d in attributor.results(paths):
+            if isinstance(d, ImageError):
+                _failed(d, bar, csv_rows, fmt_out, failures)
+                if fmt_out == "table":
+                    rows.append((error_row(d), "-" if inspector else None))
+                continue
             bar.advance()
             row = attribute_row(d)
             outcome[d.source or "unknown"] += 1
@@ -191,23 +202,42 @@ def attribute(
             else:
                 rows.append((row, cell))
     summary("attribute", bar.done - len(failures), len(failures), bar.seconds, outcome)
-    if rows:
+    if rows and fmt_out == "table":
         print_attribution_table([r for r, _ in rows], len(names), [c for _, c in rows] if inspector else None)
         provenance_cli.print_disagreements(found)
     raise typer.Exit(1 if failures or skipped else 0)
 
 
 def print_attribution_table(rows: list[dict], n_sources: int, provenance_cells: list | None = None) -> None:
-    """``attribute --json`` objects as a table on stdout (nothing when there are none)."""
+    """``attribute --json`` objects (``{"path", "error"}`` for a failed file) as a table on stdout, in their
+    order (nothing when there are none)."""
     if not rows:
         return
     cells = []
     for i, row in enumerate(rows):
+        provenance = [provenance_cells[i]] if provenance_cells else []
+        if "error" in row:
+            cells.append((markup_path(row["path"]), "[red]error[/red]", "-", "-", *provenance, row["error"]))
+            continue
         best = max(row["scores"].items(), key=lambda kv: kv[1])
         cells.append((markup_path(row["path"]), row["source"] or "[dim]unknown[/dim]", f"{best[0]} {fmt(best[1])}",
-                      ", ".join(row["accepted"]) or "-", *([provenance_cells[i]] if provenance_cells else [])))
-    print_table(f"attribution over {n_sources} source(s)",
-                ("image", "source", "best score", "accepted by", *(["provenance"] if provenance_cells else [])), cells)
+                      ", ".join(row["accepted"]) or "-", *provenance, None))
+    columns = ("image", "source", "best score", "accepted by", *(["provenance"] if provenance_cells else []))
+    print_table(f"attribution over {n_sources} source(s)", with_error_column(columns, cells), error_cells(cells))
+
+
+def with_error_column(columns: tuple, rows: list[tuple]) -> tuple:
+    """A results table's columns, with an ``error`` column when some row failed (each row ends with the
+    reason its file failed, None where it did not)."""
+    return (*columns, "error") if any(r[-1] is not None for r in rows) else columns
+
+
+def error_cells(rows: list[tuple]) -> list[tuple]:
+    """Rows laid out for :func:`with_error_column`'s columns: the reason (one line, escaped) last, or
+    nothing when no row failed."""
+    if all(r[-1] is None for r in rows):
+        return [r[:-1] for r in rows]
+    return [(*r[:-1], "" if r[-1] is None else markup_line(r[-1])) for r in rows]
 
 
 def attribute_csv_columns(sources) -> list[str]:

@@ -14,24 +14,30 @@ from occ.cli.common import (
     err,
     fmt,
     handle_errors,
+    json_option,
     markup_line,
     markup_path,
     open_registry,
     out,
     print_table,
+    warn,
 )
-from occ.errors import OccError, UsageError
+from occ.errors import OccError, UsageError, one_line
 from occ.paths import display_path
 
 sources_app = typer.Typer(help="List, show and remove enrolled sources.", no_args_is_help=False, **TYPER_SETTINGS)
 
 NameArg = Annotated[str, typer.Argument(help="Name of an enrolled source.")]
+_RATES = ("threshold", "heldout_tpr", "heldout_far")
 
 
 @sources_app.callback(invoke_without_command=True)
 @handle_errors
-def sources(ctx: typer.Context, registry: RegistryOpt = None) -> None:
-    """Table of enrolled sources."""
+def sources(ctx: typer.Context, registry: RegistryOpt = None,
+            as_json: Annotated[bool, json_option("one JSON object per source")] = False) -> None:
+    """Table of enrolled sources. A source marked weak accepts less than half of its own held-out images
+    at its threshold (held-out TPR below 0.5): it names few of its images; enroll more, or more typical,
+    images."""
     from rich.markup import escape
 
     from occ.sources import listing
@@ -49,14 +55,20 @@ def sources(ctx: typer.Context, registry: RegistryOpt = None) -> None:
             row = listing(reg, name, reg.info(name).meta)
         except OccError as exc:
             broken.append(exc)  # the reason goes to stderr on one line: a table cell would cut it up
-            rows.append((name, "[red]unusable[/red]", "", "", "", "", "", ""))
+            if as_json:
+                print(json.dumps({"name": name, "error": one_line(exc)}), flush=True)
+            rows.append((name, "[red]unusable[/red]", "", "", "", "", "", "", ""))
             continue
+        if as_json:
+            print(json.dumps({"name": name, **row, **{k: round(row[k], 6) for k in _RATES}}), flush=True)
         rows.append((name, escape(str(row["kind"])), str(row["images"]), fmt(row["threshold"]), fmt(row["heldout_tpr"]),
-                     fmt(row["heldout_far"]), markup_path(row["backbone"]), escape(str(row["created"]))))
-    print_table(f"sources in {markup_path(reg.root)}",
-                ("name", "kind", "images", "threshold", "held-out TPR", "held-out FAR", "backbone", "created"), rows)
-    for exc in broken:
-        err.print(f"[red]unusable:[/red] {markup_line(exc)}", markup=True)
+                     fmt(row["heldout_far"]), "[yellow]weak[/yellow]" if row["weak"] else "ok",
+                     markup_path(row["backbone"]), escape(str(row["created"]))))
+    if not as_json:  # (with --json, an unusable source's reason is its JSON object's "error")
+        print_table(f"sources in {markup_path(reg.root)}", ("name", "kind", "images", "threshold", "held-out TPR",
+                                                            "held-out FAR", "quality", "backbone", "created"), rows)
+        for exc in broken:
+            err.print(f"[red]unusable:[/red] {markup_line(exc)}", markup=True)
     if broken:
         raise typer.Exit(1)
 
@@ -102,8 +114,13 @@ def sources_set_threshold(
 ) -> None:
     """Re-choose a source's threshold from its stored held-out scores (no retraining): the stricter of
     the two rules --far and --tpr; a rule not given keeps its stored value."""
-    from occ.sources import set_threshold
+    from occ.sources import WEAK_TPR, decision_calibration, is_weak, set_threshold
 
-    cal = set_threshold(open_registry(registry), name, far, tpr).calibration_
+    reg = open_registry(registry)
+    cal = set_threshold(reg, name, far, tpr).calibration_
     err.print(f"'{name}': threshold {fmt(cal.calibrated_threshold)} (FAR <= {cal.far:g}, TPR <= {cal.target_tpr:g}): "
               f"held-out TPR {fmt(cal.tpr)}, FAR {fmt(cal.achieved_far)}", markup=False)
+    decides, _ = decision_calibration(reg, name, reg.info(name).meta)
+    if is_weak(decides):
+        warn(f"source '{name}' is weak: it accepts {fmt(decides.tpr)} of its own held-out images at its new "
+             f"threshold, below {WEAK_TPR:g}; marked weak in `occ sources`")
