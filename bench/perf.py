@@ -462,8 +462,8 @@ def part_threads(report: dict, work: Path) -> None:
     subprocess.run(OCC + ["enroll", "warm", str(folder)], env=env, check=True, stdout=subprocess.DEVNULL,
                    stderr=subprocess.DEVNULL)  # negatives and shots cached: what follows is training
 
-    def enroll(name: str, *extra: str) -> subprocess.Popen:
-        return subprocess.Popen(OCC + ["enroll", name, str(folder), "--replace", *extra], env=env,
+    def enroll(name: str, *extra: str) -> subprocess.Popen:  # the same shots under several names: timing only
+        return subprocess.Popen(OCC + ["enroll", name, str(folder), "--replace", "--allow-overlap", *extra], env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
 
     def finish(proc: subprocess.Popen, start: float) -> dict:
