@@ -1,7 +1,8 @@
 """Generalisation protocol: design choices selected on validation generators, reported on others.
 
-    python bench/generalise.py --out bench/results/generalise.json [--seeds 3] [--shots 10] [--known 4]
-        [--protocol content gan] [--no-prompt]
+    python bench/generalise.py --protocol content --out bench/results/generalise_content.json
+    python bench/generalise.py --protocol gan --no-prompt --out bench/results/generalise_gan.json
+        [--seeds 3] [--shots 10] [--known 4]
 
 What it does (every figure through the code path the CLI uses: ``occ.enrollment.enroll`` into a real
 registry, ``occ.openset.refit``, ``occ.attribution.Attributor``):
@@ -19,13 +20,21 @@ possible), and test images only from prompts no shot used, so content says nothi
 For ``imagen-*`` a second draw takes each source's shots from its largest prompt groups ("few": one to
 three prompts, as a user's samples from one session often are). Photos: the ``imagen`` split reads
 real-imagenet, real-kodak and real-sam, the ``t2icmp`` split real-dif, real-cnndet, real-skimage and
-real-scenetext; false accepts are reported per kind of photo. Roles rotate as for the GAN-era folds:
-the joint model's log-odds (``occ.joint`` point 3: the discriminant, or the logistic regression at
+real-scenetext; false accepts are reported per kind of photo. Photos that are copies of a shipped bank
+image (7 of real-skimage's 14: the bank re-encodes the same scikit-image samples) are left out of every
+draw, since they are not unlike the bank (``bank_copies``; listed in the results). Roles rotate as for
+the GAN-era folds: the joint model's log-odds (``occ.joint`` point 3: the discriminant, or the logistic regression at
 C = 1 or 0.1) and the weight of the low-level stream (:mod:`occ.lowlevel`: none, 0.3 or 1) are
 selected on one group ("many" draws) and reported on the other, beside their ablations (each choice
 undone), the baselines below and the previous default (discriminant margins on CLIP evidence alone),
 all measured on the same draws. Every split is reported on its own, and the worst split beside the
 mean. What the low-level evidence costs per image is timed on its own.
+
+**Native resolution** (``--protocol native``, report only, occ's shipped defaults): the ``t2icmp``
+draws on the files as their generators saved them (1024 px JPEG q75 for all four, so size and format
+tell nothing among them; the photos keep their own formats, so their false-accept rate there is not
+comparable with the normalised splits). It shows what the normalisation's 4x downscale takes from
+the low-level stream.
 
 **GAN-era folds** (``--protocol gan``; most of their generators differ in content, so they say little
 about look-alike generators and are reported as their own rows):
@@ -40,9 +49,9 @@ about look-alike generators and are reported as their own rows):
 * candidates: the joint model's log-odds, as for the content-matched splits. The other settings are
   occ's defaults (256 principal directions, TPR rule 0.90, threshold floor 0, two laundered views per
   training image), chosen by the grid over 64 / 128 / 256 directions, TPR 0.90 / 0.95, floor none / 0
-  and 1 / 2 / 3 views that this protocol ran before (its results are in the git history of
-  ``bench/results/generalise.json``, stop 19). Selection maximises open-set AUROC plus the mean of
-  known-correct and unknown-rejected rates on the validation fold (or group);
+  and 1 / 2 / 3 views that this protocol ran before (``bench/results/generalise.json``, issue 13; the
+  reruns write ``generalise_content.json`` and ``generalise_gan.json``). Selection maximises open-set
+  AUROC plus the mean of known-correct and unknown-rejected rates on the validation fold (or group);
 
 Both kinds of split report, beside baselines measured on the same draws and features: logistic
   regression (class-balanced, C=1, standardised) on the final embedding and on the best block's CLS
@@ -106,6 +115,38 @@ def normalise_devset() -> dict[str, list[tuple[Path, str]]]:
     return out
 
 
+def native_devset(labels) -> dict[str, list[tuple[Path, str]]]:
+    """label -> [(the devset file as its origin saved it, group)] for ``labels``."""
+    out: dict[str, list[tuple[Path, str]]] = {}
+    for row in csv.DictReader(open(DEVSET / "manifest.csv")):
+        if row["label"] in labels:
+            out.setdefault(row["label"], []).append((DEVSET / row["path"], row["group"]))
+    return out
+
+
+def _signature(path) -> np.ndarray:
+    """A 32 x 32 grey thumbnail of the centre square, centred and scaled to unit length."""
+    from PIL import Image
+
+    im = Image.open(path).convert("L")
+    w, h = im.size
+    side = min(w, h)
+    x, y = (w - side) // 2, (h - side) // 2
+    a = np.asarray(im.crop((x, y, x + side, y + side)).resize((32, 32), Image.Resampling.BILINEAR), np.float64).ravel()
+    a -= a.mean()
+    return a / (np.linalg.norm(a) + 1e-9)
+
+
+def bank_copies(data, labels, threshold=0.98) -> set[str]:
+    """Devset photos (of ``labels``) that are copies of a shipped bank image (the bank re-encodes some of
+    scikit-image's sample photos, which the devset's real-skimage set also holds): not "unlike the bank",
+    so the protocol leaves them out of the photos it reports."""
+    from occ.negatives import bank_paths
+
+    bank = np.stack([_signature(p) for p in bank_paths()])
+    return {str(p) for lab in labels for p, _ in data.get(lab, []) if float((bank @ _signature(p)).max()) > threshold}
+
+
 def split(items, rng, k):
     """``k`` shots drawn by prompt group; the test images come from the other groups (a label with one
     group, the GAN sets, is split by file)."""
@@ -128,6 +169,7 @@ CONTENT = {
     "t2icmp": {"generators": ["t2icmp-kandinsky3", "t2icmp-pixart", "t2icmp-playground2", "t2icmp-sdxl"],
                "real": ["real-cnndet", "real-dif", "real-scenetext", "real-skimage"], "few": False},
 }
+EXCLUDED: set[str] = set()  # photos left out of every draw (bank_copies), set by main
 DISCRIMINATIVE = (None, 1.0, 0.1)  # occ.joint point 3: the discriminant's margins, or LR at C = 1, 0.1
 LOW_WEIGHTS = (None, 0.3, 1.0)  # the low-level stream's weight (occ.openset.JointSettings): off, 0.3, 1
 
@@ -167,7 +209,7 @@ def content_draw(data, group, seed, shots_n, few=False):
                 picked += [p for p, gg in data[s] if gg == g][: shots_n - len(picked)]
             shots[s] = picked
     tests = {s: [p for p, g in data[s] if g not in used] for s in known}
-    real_kind = {str(p): lab for lab in CONTENT[group]["real"] for p, _ in data[lab]}
+    real_kind = {str(p): lab for lab in CONTENT[group]["real"] for p, _ in data[lab] if str(p) not in EXCLUDED}
     return {"known": known, "order": rng.permutation(known).tolist(), "shots": shots, "tests": tests,
             "unknown_gen": [p for p, _ in data[unknown]], "real": [Path(p) for p in real_kind],
             "real_kind": real_kind, "unknown_name": unknown, "split": f"{group} {'few' if few else 'many'}"}
@@ -181,7 +223,7 @@ def draw(data, fold, seed, known_n, shots_n):
     for s in known:
         shots[s], tests[s] = split(data[s], rng, shots_n)
     unknown_gen = [p for lab in spec["enroll"] + spec["unknown"] if lab not in known for p, _ in data[lab]]
-    real = [p for lab in spec["real"] for p, _ in data[lab]]
+    real = [p for lab in spec["real"] for p, _ in data[lab] if str(p) not in EXCLUDED]
     order = rng.permutation(known).tolist()
     return {"known": known, "order": order, "shots": shots, "tests": tests, "unknown_gen": unknown_gen, "real": real}
 
@@ -401,15 +443,18 @@ def worst(by_split: dict) -> dict:
     return out
 
 
-def rotation(val_draws, rep_draws, backbone, extractor, with_prompt):
-    """Select the joint model's log-odds (:data:`DISCRIMINATIVE`) and low-level weight
-    (:data:`LOW_WEIGHTS`) on ``val_draws``; report the choice on ``rep_draws``, per split, beside its
-    ablations (each of the two choices undone), the previous default (discriminant margins, no
-    low-level stream) and the baselines."""
+def _fixed():
+    """The settings every candidate shares: occ's defaults (views, directions, TPR rule, floor)."""
     from occ.evidence import DEFAULT_VIEWS
     from occ.joint import DEFAULT_DIMS, DEFAULT_MIN_MARGIN
 
-    fixed = ([DEFAULT_VIEWS], [DEFAULT_DIMS], [0.9], [DEFAULT_MIN_MARGIN])
+    return [DEFAULT_VIEWS], [DEFAULT_DIMS], [0.9], [DEFAULT_MIN_MARGIN]
+
+
+def rotation(val_draws, rep_draws, backbone, extractor, with_prompt):
+    """Select the joint model's log-odds (:data:`DISCRIMINATIVE`) and low-level weight
+    (:data:`LOW_WEIGHTS`) on ``val_draws``; report the choice on ``rep_draws`` (:func:`report_on`)."""
+    fixed = _fixed()
     grid_keys = [(c, w) for c in DISCRIMINATIVE for w in LOW_WEIGHTS]
     t0 = time.perf_counter()
     val_rows = []
@@ -424,6 +469,16 @@ def rotation(val_draws, rep_draws, backbone, extractor, with_prompt):
         grid.setdefault((r["discriminative"], r["low_weight"]), []).append(r)
     means = {k: summarise(v) for k, v in grid.items()}
     chosen = max(means, key=lambda k: criterion({m: v["mean"] for m, v in means[k].items()}))
+    return {"validation_splits": sorted({d["split"] for _, d in val_draws}),
+            "validation_grid": [{**v, "discriminative": k[0], "low_weight": k[1]} for k, v in means.items()],
+            **report_on(rep_draws, chosen, backbone, extractor, with_prompt), "seconds": time.perf_counter() - t0}
+
+
+def report_on(rep_draws, chosen, backbone, extractor, with_prompt):
+    """``chosen`` (log-odds, low-level weight) on ``rep_draws``, per split, beside its ablations (each of
+    the two choices undone), the previous default (discriminant margins on CLIP evidence alone) and the
+    baselines, all on the same draws."""
+    fixed = _fixed()
     methods = {"occ (chosen)": chosen, "without the low-level stream": (chosen[0], None),
                "without the regression (discriminant margins)": (None, chosen[1]),
                "previous default (discriminant margins, CLIP only)": (None, None)}
@@ -457,12 +512,28 @@ def rotation(val_draws, rep_draws, backbone, extractor, with_prompt):
                 by_method.setdefault(r["method"], []).append(r)
         per_split[sp] = {"occ": {m: summarise(v) for m, v in by_method.items()},
                          "baselines": summarise([b for b in base_rows if b["split"] == sp])}
-    return {"validation_splits": sorted({d["split"] for _, d in val_draws}), "report_splits": splits,
-            "validation_grid": [{"discriminative": k[0], "low_weight": k[1], **v} for k, v in means.items()],
-            "chosen": {"discriminative": chosen[0], "low_weight": chosen[1]},
+    return {"report_splits": splits, "chosen": {"discriminative": chosen[0], "low_weight": chosen[1]},
             "report_rows": rep_rows, "baselines": base_rows, "per_split": per_split,
-            "worst_split": worst({sp: v["occ"]["occ (chosen)"] for sp, v in per_split.items()}),
-            "seconds": time.perf_counter() - t0}
+            "worst_split": worst({sp: v["occ"]["occ (chosen)"] for sp, v in per_split.items()})}
+
+
+def shipped_default(report: dict) -> dict:
+    """What occ ships: the candidate with the best criterion averaged over every content-matched
+    validation grid (each group's *reported* figures used the choice made on the other group alone; no
+    figure is reported for the pooled choice as a whole)."""
+    def key(g):  # (a file written before the grid's keys were kept unsummarised holds them as summaries)
+        return tuple(None if v is None else round(float(v), 6) for v in
+                     (g[k]["mean"] if isinstance(g[k], dict) else g[k] for k in ("discriminative", "low_weight")))
+
+    grids = [{key(g): criterion({k: v["mean"] for k, v in g.items() if isinstance(v, dict)})
+              for g in r["validation_grid"]} for r in report["rotations"] if r["kind"] == "content-matched"]
+    keys = set.intersection(*(set(g) for g in grids))
+    pooled = {k: float(np.mean([g[k] for g in grids])) for k in keys}
+    ranked = sorted(pooled, key=lambda k: -pooled[k])
+    return {"rule": "best criterion averaged over the content-matched validation grids",
+            "chosen": {"discriminative": ranked[0][0], "low_weight": ranked[0][1]},
+            "ranked": [{"discriminative": k[0], "low_weight": k[1], "pooled_criterion": round(pooled[k], 4)}
+                       for k in ranked]}
 
 
 def lowlevel_cost(data, n=40) -> dict:
@@ -483,24 +554,82 @@ def lowlevel_cost(data, n=40) -> dict:
     return out
 
 
+TABLE_ROWS = (("verification AUC", "verification_auc", "lr_best_block_verification_auc", "LR best block"),
+              ("open-set AUROC", "open_set_auroc", "usia_open_set_auroc", "USIA"),
+              ("closed-set accuracy", "closed_set_accuracy", "usia_closed_set_accuracy", "USIA"),
+              ("known named correctly", "known_correct", "usia_known_correct", "USIA"),
+              ("unknown images rejected", "unknown_rejected", "usia_unknown_rejected", "USIA"),
+              ("unknown generator rejected", "unknown_generators_rejected", None, None),
+              ("real photos accepted", "real_accepted", "usia_real_accepted", "USIA"),
+              ("own accept clean / jpeg:75 / resize:0.5", "own_accept_clean", None, None))
+
+
+def table(report: dict) -> str:
+    """Markdown tables of a results file: per report split, occ's methods beside the baselines."""
+    out = []
+
+    def cell(summary, key):
+        v = summary.get(key)
+        return "" if v is None else f"{v['mean']:.3f} +- {v['std']:.3f}"
+
+    for rot in report["rotations"]:
+        chosen = ", ".join(f"{k} {v}" for k, v in rot["chosen"].items())
+        for sp, r in rot["per_split"].items():
+            methods = list(r["occ"])
+            out.append(f"\n**{sp}** (chosen on {', '.join(rot['validation_splits'])}: {chosen})\n")
+            out.append("| | " + " | ".join(methods) + " | baseline |")
+            out.append("|---" * (len(methods) + 2) + "|")
+            for label, key, base, base_name in TABLE_ROWS:
+                if key == "own_accept_clean":
+                    cells = [" / ".join(f"{r['occ'][m][k]['mean']:.3f}" for k in
+                                        ("own_accept_clean", "own_accept_jpeg:75", "own_accept_resize:0.5")
+                                        if k in r["occ"][m]) for m in methods]
+                else:
+                    cells = [cell(r["occ"][m], key) for m in methods]
+                b = f"{base_name} {cell(r['baselines'], base)}" if base else ""
+                if key == "verification_auc":
+                    b += f"; LR embedding {cell(r['baselines'], 'lr_embedding_verification_auc')}"
+                out.append(f"| {label} | " + " | ".join(cells) + f" | {b} |")
+            kinds = sorted(k for k in r["occ"]["occ (chosen)"] if k.startswith("real_accepted:"))
+            if kinds:
+                out.append("| photos accepted per kind (chosen) | " + ", ".join(
+                    f"{k.split(':', 1)[1]} {r['occ']['occ (chosen)'][k]['mean']:.3f}" for k in kinds)
+                           + " |" * (len(methods) + 1))
+    return "\n".join(out)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--table", type=Path, help="print the markdown tables of a results file and exit")
+    ap.add_argument("--out", type=Path)
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--shots", type=int, default=10)
     ap.add_argument("--known", type=int, default=4, help="sources enrolled per GAN-era draw")
-    ap.add_argument("--protocol", nargs="+", choices=("content", "gan"), default=["content", "gan"])
+    ap.add_argument("--protocol", nargs="+", choices=("content", "gan", "native"), default=["content", "gan"],
+                    help="native: the t2icmp-* split at the generators' own 1024 px (no selection: occ's defaults)")
     ap.add_argument("--no-prompt", action="store_true", help="skip the previous default (slow on a CPU)")
     args = ap.parse_args()
+    if args.table:
+        print(table(json.loads(args.table.read_text())))
+        return
+    if args.out is None:
+        ap.error("--out is required")
 
     from occ.backbones import load_backbone
     from occ.features import FeatureExtractor
 
     data = normalise_devset()
+    photo_labels = sorted({lab for c in CONTENT.values() for lab in c["real"]} | {lab for f in FOLDS.values()
+                                                                                 for lab in f["real"]})
+    EXCLUDED.update(bank_copies(data, photo_labels))
+    if "native" in args.protocol:
+        native = native_devset(CONTENT["t2icmp"]["generators"] + CONTENT["t2icmp"]["real"])
+        EXCLUDED.update(bank_copies(native, CONTENT["t2icmp"]["real"]))
     backbone = load_backbone(None)
     extractor = FeatureExtractor(backbone)
     report = {"protocol": __doc__, "args": vars(args) | {"out": str(args.out)}, "rotations": [],
-              "lowlevel_seconds_per_image": lowlevel_cost(data)}
+              "lowlevel_seconds_per_image": lowlevel_cost(data),
+              "photos_left_out_as_bank_copies": sorted(EXCLUDED)}
     print("low-level evidence, seconds per image:", report["lowlevel_seconds_per_image"], flush=True)
     seeds = range(args.seeds)
 
@@ -517,6 +646,13 @@ def main():
             report["rotations"].append({"kind": "content-matched", "validation": val, "report": rep,
                                         **rotation(val_draws, rep_draws, backbone, extractor, not args.no_prompt)})
             save()
+    if "native" in args.protocol:
+        rep_draws = [(s, content_draw(native, "t2icmp", s, args.shots) | {"split": "t2icmp native"}) for s in seeds]
+        report["rotations"].append({"kind": "native", "validation": None, "report": "t2icmp native",
+                                    "validation_splits": ["none: occ's defaults"],
+                                    **report_on(rep_draws, (DEFAULT_DISCRIMINATIVE, DEFAULT_LOW_WEIGHT), backbone,
+                                                extractor, not args.no_prompt)})
+        save()
     if "gan" in args.protocol:
         for val, rep in (("A", "B"), ("B", "A")):
             val_draws = [(s, draw(data, val, s, args.known, args.shots) | {"split": f"GAN-era {val}"}) for s in seeds]
@@ -527,6 +663,8 @@ def main():
     content = {sp: v for r in report["rotations"] if r["kind"] == "content-matched" for sp, v in r["per_split"].items()}
     if content:
         report["content_matched_worst_split"] = worst({sp: v["occ"]["occ (chosen)"] for sp, v in content.items()})
+        report["shipped_default"] = shipped_default(report)
+        print(json.dumps(report["shipped_default"], indent=1))
     save()
     print(json.dumps({sp: {"occ": {m: {k: round(x["mean"], 3) for k, x in v.items()} for m, v in r["occ"].items()},
                            "baselines": {k: round(x["mean"], 3) for k, x in r["baselines"].items()}}

@@ -51,7 +51,7 @@ DEFAULT_LOW_WEIGHT: float | None = 0.3
 LOW_COMPONENTS = 64
 BANK_SEED = 0
 BANK_KEY = "default bank"  # the key enrollment records in a source's "negatives" when it used the bank
-_BANK_ROWS: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+_BANK_ROWS: dict[tuple, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}  # view_rows of the bank
 
 Progress = Callable[[str, int, int], None]
 
