@@ -6,8 +6,8 @@ backbone, found in the feature cache by their recorded sha256 (images no longer 
 skipped and counted), and (c) any folders the user adds with ``negatives``.
 
 ``lda`` sources (the default kind) do not use (b) in their own fit: they store the evidence of their
-training views instead, and after every enrollment the registry-wide joint model is refitted over all
-of them (:func:`occ.openset.refit`), so every source is a non-target for every other whatever the order.
+training views instead, and after every enrollment the registry refits its joint model over all of them
+(:func:`occ.openset.after_change`), so every source is a non-target for every other whatever the order.
 A quality gate comes before anything is fitted or stored: fewer than :data:`MIN_SHOTS` distinct readable
 target images are refused unless ``force`` (never fewer than :data:`MIN_FORCED`), and training images
 already enrolled under another name (same sha256 of the file's bytes) are refused unless
@@ -29,7 +29,7 @@ from occ.backbones.base import Backbone, Trunk
 from occ.errors import ImageError, OccError, UsageError
 from occ.features import FeatureExtractor, Features
 from occ.negatives import bank_paths
-from occ.openset import BANK_KEY
+from occ.openset import BANK_KEY, RefitOptions
 from occ.registry import Registry, SourceRecord
 from occ.sources import decision_calibration, enrolled_on, is_weak
 from occ.verifier import Verifier
@@ -187,14 +187,11 @@ def enroll(
         "training_images": [im.sha256 for im in pos.images],
         "negatives": counts,
     }
-    with tempfile.TemporaryDirectory(prefix="occ-verifier-") as folder:
-        record = registry.store(name, verifier.save(folder), replace=replace)
+    with tempfile.TemporaryDirectory(prefix="occ-verifier-") as folder:  # (the joint model is refitted then)
+        record = registry.store(name, verifier.save(folder), replace=replace,
+                                refit=RefitOptions(backbone, extractor, progress))
     # What was stored, read back: the summary a caller shows describes this, not the request.
     stored = Verifier.from_saved(backbone, *registry.load(name), name)
-    if stores_evidence:
-        from occ.openset import refit
-
-        refit(registry, backbone, extractor=extractor, progress=progress)
     weak = is_weak(decision_calibration(registry, name, registry.info(name).meta)[0])
     return EnrollResult(record, stored, len(pos), counts, errors, time.perf_counter() - start, overlaps, weak)
 

@@ -8,21 +8,26 @@ be refitted from the registry alone, without the original files or the feature c
 class is the shipped bank of real photos (with the same laundered views, through the feature cache)
 plus every source's stored negatives.
 
-The fitted model lives beside the sources in ``<registry>/joint.safetensors`` (tensors and, in the
-safetensors header, a JSON description), written atomically, and records the version folder of every
-source it was fitted on. It is used only when it matches the sources exactly; otherwise (a refit that
-was interrupted, a source enrolled by a process that died before refitting, a change made by an older
-occ) :func:`joint_for` fits one in memory from the stored evidence, so attribution never mixes a model
-with sources it was not fitted on. Enrolling, replacing and removing a source, changing a threshold, and
-``occ refit`` all call :func:`refit`, so decisions never depend on the order of enrollment.
+The fitted model lives beside the sources in ``<registry>/joint-<key>.safetensors``, one per backbone
+(tensors and, in the safetensors header, a JSON description; a file of the registry's layout, written by
+:meth:`occ.registry.Registry.write_joint` under the registry's lock, atomically), and records the version
+folder of every source it was fitted on (its *manifest*; the model's ``version_`` is a digest of it). It
+is used only when it matches the sources exactly; otherwise (a refit that was interrupted, a source
+enrolled by a process that died before refitting, a change made by an older occ) :func:`joint_for` fits
+one in memory from the stored evidence, so attribution never mixes a model with sources it was not fitted
+on. The registry itself keeps the model in line: every write of :class:`occ.registry.Registry` (enroll,
+replace, remove, import, a threshold change) ends in :func:`after_change`, which refits the joint model of
+the backbones the change touched (:func:`sync`, the one place that decides when to refit), so the Python
+API and the command line cannot diverge, and decisions never depend on the order of enrollment.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-import secrets
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
@@ -32,6 +37,7 @@ from occ.errors import OccError, RegistryError, UsageError, first_line
 from occ.evidence import DEFAULT_VIEWS, default_blocks, evidence, training_views
 from occ.joint import DEFAULT_DIMS, DEFAULT_DISCRIMINATIVE, DEFAULT_MIN_MARGIN, ClassRows, JointModel, Stream
 from occ.lowlevel import DIMS as LOW_DIMS
+from occ.registry.schema import JOINT_PREFIX
 
 if TYPE_CHECKING:  # torch only where a source's tensors are made (enrollment): fitting and using the model,
     # and `occ sources`, need numpy alone
@@ -41,7 +47,7 @@ if TYPE_CHECKING:  # torch only where a source's tensors are made (enrollment): 
 
 EVIDENCE_PREFIX = "evidence."  # a source's stored training evidence in its safetensors (not part of its head)
 
-JOINT_PREFIX = "joint-"  # <registry>/joint-<backbone key>.safetensors: one model per backbone
+JOINT_KIND = "lda"  # the kind of source the joint model decides (its head stores training evidence)
 JOINT_FORMAT = "occ-joint-v3"  # v2: held-out scores in the tensors, not the JSON; v3: log-odds tensors
 EVIDENCE_KEYS = tuple(EVIDENCE_PREFIX + k for k in ("cls", "ids", "neg_cls", "neg_ids"))
 LOW_EVIDENCE_KEYS = tuple(EVIDENCE_PREFIX + k for k in ("low", "neg_low"))  # rows in the order of cls / neg_cls
@@ -54,6 +60,11 @@ BANK_KEY = "default bank"  # the key enrollment records in a source's "negatives
 _BANK_ROWS: dict[tuple, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}  # view_rows of the bank
 
 Progress = Callable[[str, int, int], None]
+
+
+def decided_jointly(meta: dict) -> bool:
+    """Whether a source (its ``verifier.json``) belongs to the registry's joint model: an ``lda`` source."""
+    return meta.get("kind") == JOINT_KIND
 
 
 @dataclass
@@ -136,7 +147,7 @@ def _joint_sources(registry, backbone: Backbone, on_skip=None):
     for name in registry.names():
         try:
             record = registry.info(name)
-            if record.meta.get("kind") != "lda" or enrolled_on(record.meta) != backbone.fingerprint:
+            if not decided_jointly(record.meta) or enrolled_on(record.meta) != backbone.fingerprint:
                 continue
             tensors, meta = registry.load(name, framework="numpy")
             if not all(k in tensors for k in EVIDENCE_KEYS):
@@ -197,8 +208,6 @@ def _fit(sources: dict, backbone: Backbone, extractor, settings: JointSettings,
 
 def joint_path(registry, fingerprint: str):
     """Where the joint model of the sources enrolled on the backbone ``fingerprint`` is stored."""
-    import hashlib
-
     return registry.root / f"{JOINT_PREFIX}{hashlib.sha256(fingerprint.encode()).hexdigest()[:16]}.safetensors"
 
 
@@ -207,20 +216,31 @@ def _manifest(sources: dict, backbone: Backbone, settings: JointSettings) -> dic
             "sources": {n: v for n, (v, _, _) in sorted(sources.items())}}
 
 
+def _tagged(model: JointModel, manifest: dict, settings: JointSettings) -> JointModel:
+    """``model`` with what it was fitted on: ``settings_``, ``manifest_`` and ``version_`` (a digest of the
+    manifest: the same sources' versions and settings give the same model, stored or fitted in memory)."""
+    model.settings_, model.manifest_ = settings, manifest
+    model.version_ = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:12]
+    return model
+
+
 def refit(registry, backbone: Backbone, *, extractor=None, settings: JointSettings | None = None,
           progress: Progress | None = None, on_skip=None) -> JointModel | None:
-    """Fit the joint model over every readable ``lda`` source of ``registry`` and store it (atomically);
-    a source that cannot be read is passed to ``on_skip`` and left out. With no such source, a stored
-    model is removed. Returns the model (None when there is no source)."""
+    """Fit the joint model over every readable ``lda`` source of ``registry`` made on ``backbone`` and store
+    it; a source that cannot be read is passed to ``on_skip`` and left out. With no such source, a stored
+    model is removed. Returns the model (None when there is no source). The model is not stored when a
+    source changed while it was fitted (that change's own refit stores the model of the sources then)."""
     from occ.features import FeatureExtractor
 
     settings = (settings or JointSettings()).resolved(backbone)
+    before = registry.versions()  # what the model is fitted on, checked again under the registry's lock
     sources = _joint_sources(registry, backbone, on_skip=on_skip or (lambda _name, _exc: None))
     if not sources:
-        discard(registry, backbone.fingerprint)
+        registry.write_joint(joint_path(registry, backbone.fingerprint).name, None, versions=before)
         return None
     model = _fit(sources, backbone, extractor or FeatureExtractor(backbone), settings, progress)
-    _write(registry, model, _manifest(sources, backbone, settings))
+    manifest = _manifest(sources, backbone, settings)
+    _write(registry, _tagged(model, manifest, settings), manifest, before)
     return model
 
 
@@ -232,26 +252,21 @@ def discard(registry, fingerprint: str | None = None) -> None:
     else:
         paths = list(registry.root.glob(f"{JOINT_PREFIX}*.safetensors"))
     for path in paths:
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
+        if os.path.lexists(path):
+            registry.write_joint(path.name, None)
 
 
-def _write(registry, model: JointModel, manifest: dict) -> None:
-    """Store ``model`` with the ``manifest`` of what it was fitted on, atomically (one file replaced)."""
+def _write(registry, model: JointModel, manifest: dict, versions: dict) -> bool:
+    """Store ``model`` with the ``manifest`` of what it was fitted on, atomically and under the registry's
+    lock, unless the registry's sources are no longer at ``versions`` (see :meth:`Registry.write_joint`)."""
     from safetensors.numpy import save as st_save
-
-    from occ.registry.files import atomic_write
-
-    path = joint_path(registry, manifest["backbone"])
 
     tensors, meta = model.to_saved()
     meta["manifest"] = manifest
     data = st_save({k: np.ascontiguousarray(v) for k, v in tensors.items()},
                    metadata={"occ": json.dumps(meta, allow_nan=False)})
     _fault_point("joint-write")
-    atomic_write(path, data, f".{path.name}.{secrets.token_hex(8)}.tmp")
+    return registry.write_joint(joint_path(registry, manifest["backbone"]).name, data, versions=versions)
 
 
 def _stored(registry, fingerprint: str) -> tuple[JointModel, dict] | None:
@@ -264,7 +279,9 @@ def _stored(registry, fingerprint: str) -> tuple[JointModel, dict] | None:
         with safe_open(str(path), framework="numpy") as f:
             meta = json.loads(f.metadata()["occ"])
             tensors = {k: f.get_tensor(k) for k in f.keys()}
-        return JointModel.from_saved(tensors, meta), meta["manifest"]
+        model = JointModel.from_saved(tensors, meta)
+        manifest = meta["manifest"]
+        return _tagged(model, manifest, JointSettings(**manifest["settings"])), manifest
     except Exception:  # damaged or from another version: it is derived data, refitted on demand
         return None
 
@@ -288,18 +305,17 @@ def joint_for(registry, backbone: Backbone, *, extractor=None, settings: JointSe
         return None, False
     stored = _stored(registry, backbone.fingerprint)
     settings = (settings or (JointSettings(**stored[1]["settings"]) if stored else JointSettings())).resolved(backbone)
-    if stored and stored[1] == _manifest(sources, backbone, settings):
-        model = stored[0]
-        model.settings_ = settings
-        return model, False
-    model = _fit(sources, backbone, extractor or FeatureExtractor(backbone), settings, progress)
+    manifest = _manifest(sources, backbone, settings)
+    if stored and stored[1] == manifest:
+        return _tagged(stored[0], manifest, settings), False
+    model = _tagged(_fit(sources, backbone, extractor or FeatureExtractor(backbone), settings, progress), manifest,
+                    settings)
     # stale: the stored model was fitted on other versions than the readable sources have (sources that
     # cannot be read are reported as such, and explain a difference by themselves), or it is there but
     # cannot be read (damaged, or written in an older format)
     if stored is None:
         return model, os.path.isfile(joint_path(registry, backbone.fingerprint))
-    stale = {n: v for n, v in stored[1]["sources"].items() if n not in skipped} != \
-        _manifest(sources, backbone, settings)["sources"]
+    stale = {n: v for n, v in stored[1]["sources"].items() if n not in skipped} != manifest["sources"]
     return model, stale
 
 
@@ -307,44 +323,163 @@ def rethreshold(registry, name: str, far: float | None, target_tpr: float | None
     """After ``name``'s threshold rules changed (its verifier saved anew, previously at ``old_version``):
     re-choose its threshold in the stored joint model from that model's held-out scores, and record the
     source's new version, without refitting (no backbone needed). Returns False when there is no stored
-    model that matched the registry before the change (the next use refits)."""
+    model that matched the registry before the change (:func:`sync` then refits)."""
     from occ.sources import enrolled_on
 
+    before = registry.versions()
     stored = _stored(registry, enrolled_on(registry.info(name).meta) or "")
     if stored is None or stored[1]["sources"].get(name) != old_version:
         return False
     model, manifest = stored
     model.set_threshold(name, far, target_tpr)
     manifest["sources"][name] = registry.info(name).path.name
-    _write(registry, model, manifest)
-    return True
+    return _write(registry, model, manifest, before)
 
 
 def _fault_point(step: str) -> None:
     """Marks a step of a write; a no-op that crash tests replace to stop a writer there."""
 
 
-def joint_backbones(registry) -> dict[str | None, list[str]]:
-    """The registry's readable ``lda`` sources by the backbone spec they were enrolled on (read from
-    their ``verifier.json`` alone: no tensors, no backbone loaded)."""
-    out: dict[str | None, list[str]] = {}
+# -- keeping the stored models in line with the registry ---------------------------------------------
+
+
+@dataclass
+class RefitOptions:
+    """How :func:`sync` refits: ``backbone`` (with its ``extractor``) is used for the sources enrolled on
+    it, other backbones are loaded from the spec their sources recorded with ``load`` (default
+    :func:`occ.backbones.load_backbone`); ``progress`` and ``on_skip`` as for :func:`refit`;
+    ``on_fit(model, seconds)`` is told of every model fitted."""
+
+    backbone: Backbone | None = None
+    extractor: object = None
+    progress: Progress | None = None
+    on_skip: Callable[[str, OccError], None] | None = None
+    on_fit: Callable[[JointModel, float], None] | None = None
+    load: Callable[[str | None], Backbone] | None = None
+
+
+def _groups(registry) -> dict[str, dict]:
+    """The registry's readable ``lda`` sources by the backbone fingerprint they were enrolled on:
+    ``{fingerprint: {"sources": {name: version}, "spec": backbone spec}}``, read from their
+    ``verifier.json`` alone (no tensors, no backbone)."""
+    from occ.sources import enrolled_on
+
+    out: dict[str, dict] = {}
     for name in registry.names():
         try:
-            meta = registry.info(name).meta
+            record = registry.info(name)
         except OccError:
-            continue
-        if meta.get("kind") == "lda":
-            out.setdefault((meta.get("backbone") or {}).get("spec"), []).append(name)
+            continue  # unusable: left out of every model (and said where it is used)
+        fingerprint = enrolled_on(record.meta)
+        if decided_jointly(record.meta) and fingerprint:
+            group = out.setdefault(fingerprint, {"sources": {}, "spec": None})
+            group["sources"][name] = record.path.name
+            group["spec"] = group["spec"] or (record.meta.get("backbone") or {}).get("spec")
     return out
+
+
+def _stored_manifest(path) -> dict | None:
+    """The manifest of the stored joint model at ``path``, read from its header alone (None: unreadable)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            manifest = json.loads(f.metadata()["occ"])["manifest"]
+        return manifest if isinstance(manifest, dict) else None
+    except Exception:  # missing, damaged or from another version
+        return None
+
+
+def _stored_backbones(registry) -> dict[str, str | None]:
+    """The stored joint model files, by name: the backbone each was fitted for (None: unreadable)."""
+    return {path.name: (_stored_manifest(path) or {}).get("backbone")
+            for path in sorted(registry.root.glob(f"{JOINT_PREFIX}*.safetensors"))}
+
+
+def _matches(registry, fingerprint: str, group: dict | None) -> bool:
+    """Whether the stored joint model of ``fingerprint`` was fitted on exactly the sources of ``group``."""
+    manifest = _stored_manifest(joint_path(registry, fingerprint))
+    return manifest is not None and group is not None and manifest.get("sources") == group["sources"]
+
+
+def fresh_stored(registry, fingerprint: str, group: dict | None = None) -> JointModel | None:
+    """The stored joint model of backbone ``fingerprint`` when it was fitted on exactly the registry's
+    current ``lda`` sources of that backbone (versions read from their ``verifier.json``; no backbone
+    needed), else None."""
+    group = group if group is not None else _groups(registry).get(fingerprint)
+    if not _matches(registry, fingerprint, group):
+        return None
+    stored = _stored(registry, fingerprint)
+    return None if stored is None or stored[1]["sources"] != group["sources"] else stored[0]
+
+
+def sync(registry, fingerprints: Iterable[str] | None = None, options: RefitOptions | None = None, *,
+         force: bool = False) -> list[JointModel]:
+    """Bring the stored joint model of each backbone in ``fingerprints`` (None: every backbone that lda
+    sources or stored models name) in line with the registry: refitted when it does not match the lda
+    sources of that backbone (always, with ``force``), removed when none is left. Returns the models
+    fitted. The one place that decides when the joint model is refitted (see :func:`after_change`)."""
+    options = options or RefitOptions()
+    groups = _groups(registry)
+    stored = _stored_backbones(registry)
+    if fingerprints is None:
+        for filename, backbone in stored.items():  # models of backbones no lda source is left on
+            if backbone not in groups:
+                registry.write_joint(filename, None)
+        targets = sorted(groups)
+    else:
+        targets = sorted(set(fingerprints))
+    fitted = []
+    for fingerprint in targets:
+        group = groups.get(fingerprint)
+        if group is None:
+            discard(registry, fingerprint)
+            continue
+        if not force and _matches(registry, fingerprint, group):
+            continue
+        backbone, extractor = options.backbone, options.extractor
+        if backbone is None or backbone.fingerprint != fingerprint:
+            if options.load is not None:
+                backbone = options.load(group["spec"])
+            else:
+                from occ.backbones import load_backbone
+
+                backbone = load_backbone(group["spec"])
+            extractor = None
+        if backbone.fingerprint != fingerprint:
+            for name in group["sources"]:  # the backbone they name now loads other weights
+                if options.on_skip is not None:
+                    options.on_skip(name, RegistryError(
+                        f"source '{name}' was enrolled on backbone {fingerprint}; {group['spec']} now loads "
+                        f"{backbone.fingerprint}: re-enroll it"))
+            continue
+        start = time.perf_counter()
+        model = refit(registry, backbone, extractor=extractor, progress=options.progress, on_skip=options.on_skip)
+        if model is not None:
+            fitted.append(model)
+            if options.on_fit is not None:
+                options.on_fit(model, time.perf_counter() - start)
+    return fitted
+
+
+def after_change(registry, metas: Sequence[dict] | None, options: RefitOptions | None = None) -> list[JointModel]:
+    """What :class:`occ.registry.Registry` calls after every change it commits: ``metas`` are the
+    ``verifier.json`` of the source before and after the change (None where unknown: every backbone is
+    checked); the joint model of each backbone an ``lda`` one was enrolled on is brought in line
+    (:func:`sync`)."""
+    from occ.sources import enrolled_on
+
+    if metas is None:
+        return sync(registry, None, options)
+    fingerprints = {enrolled_on(m) for m in metas if m is not None and decided_jointly(m)} - {None}
+    return sync(registry, fingerprints, options) if fingerprints else []
+
 
 
 def stored_calibration(registry, name: str):
     """The calibration the joint model decides source ``name`` with, when the stored model of its backbone
-    matches the registry's current version of it; else None (no backbone needed)."""
+    matches the registry's current lda sources; else None (no backbone needed)."""
     from occ.sources import enrolled_on
 
-    record = registry.info(name)
-    stored = _stored(registry, enrolled_on(record.meta) or "")
-    if stored is None or stored[1]["sources"].get(name) != record.path.name:
-        return None
-    return stored[0].calibrations_.get(name)
+    model = fresh_stored(registry, enrolled_on(registry.info(name).meta) or "")
+    return None if model is None else model.calibrations_.get(name)

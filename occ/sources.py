@@ -113,11 +113,15 @@ def details(registry, name: str, meta: dict) -> dict:
     return summary
 
 
-def set_threshold(registry, name: str, far: float | None = None, target_tpr: float | None = None):
-    """Re-choose source ``name``'s threshold from its stored held-out scores (no retraining, no backbone):
-    through :meth:`occ.verifier.Verifier.set_threshold`, stored back with everything else unchanged, and
-    for an ``lda`` source in the stored joint model too (:func:`occ.openset.rethreshold`).
+def set_threshold(registry, name: str, far: float | None = None, target_tpr: float | None = None, *,
+                  refit=None):
+    """Re-choose source ``name``'s threshold from its stored held-out scores (no retraining): through
+    :meth:`occ.verifier.Verifier.set_threshold`, stored back with everything else unchanged, and for an
+    ``lda`` source in the joint model that decides it: re-chosen in the stored model from its held-out
+    scores (:func:`occ.openset.rethreshold`, no backbone needed), or, when the stored model did not match
+    the registry, refitted (:func:`occ.openset.sync`, with ``refit``: :class:`occ.openset.RefitOptions`).
     Returns the updated verifier."""
+    from occ.openset import after_change, rethreshold
     from occ.verifier import Verifier
 
     if far is None and target_tpr is None:
@@ -125,9 +129,8 @@ def set_threshold(registry, name: str, far: float | None = None, target_tpr: flo
     version = registry.info(name).path.name
     verifier = Verifier.from_saved(None, *registry.load(name), name)
     verifier.set_threshold(far, target_tpr)
-    registry.save(name, *verifier.to_saved(), replace=True)
+    record = registry.save(name, *verifier.to_saved(), replace=True, refit=False)  # the joint model: below
     if verifier.config.head_class.stores_evidence:
-        from occ.openset import rethreshold
-
         rethreshold(registry, name, far, target_tpr, version)
+    after_change(registry, [record.meta], refit)  # nothing to do when the stored model now matches
     return verifier

@@ -258,8 +258,8 @@ def test_sources_list_show_set_threshold_remove(w, tmp_path) -> None:
     assert after[0]["threshold"] <= before[0]["threshold"]
 
     run = invoke("sources", "remove", "a", "--yes", "--registry", reg)
-    assert run.code == 0 and run.err_lines[0] == "removed 'a'", run
-    assert run.err_lines[1].startswith("joint model refitted over 1 source(s) (b)"), run  # the others, without a
+    assert run.code == 0 and len(run.err_lines) == 2 and run.err_lines[1] == "removed 'a'", run
+    assert run.err_lines[0].startswith("joint model refitted over 1 source(s) (b)"), run  # the others, without a
     listing = invoke("sources", "--registry", reg)
     assert listing.code == 0 and "│ a " not in listing.stdout and "│ b " in listing.stdout
     invoke("sources", "remove", "b", "--yes", "--registry", reg)
@@ -282,8 +282,8 @@ def test_export_import_round_trip_gives_identical_scores(w, tmp_path) -> None:
     dest, renamed = tmp_path / "elsewhere", tmp_path / "renamed"
     assert invoke("import", archive, "--registry", dest).code == 0
     run = invoke("import", archive, "--as", "a-copy", "--registry", renamed)
-    assert run.code == 0 and run.err_lines[0] == "imported 'a-copy'", run
-    assert run.err_lines[1].startswith("joint model refitted over 1 source(s) (a-copy)"), run
+    assert run.code == 0 and len(run.err_lines) == 2 and run.err_lines[1] == "imported 'a-copy'", run
+    assert run.err_lines[0].startswith("joint model refitted over 1 source(s) (a-copy)"), run
     assert invoke("import", archive, "--registry", dest).code == 2  # exists, no --replace
     assert invoke("import", archive, "--as", "../x", "--registry", dest).code == 2
 

@@ -274,3 +274,85 @@ def test_importing_a_copy_under_another_name_is_reported(tmp_path, images, tiny_
     assert run.code == 0, run
     assert "8 of its training images are also training images of source 'noise'" in run.stderr
     assert "refitted over 2 source(s) (again, noise)" in run.stderr
+
+
+# -------------------------------------------------------------------------------------------------- the registry
+# owns its joint model (issue 25): the library refits after every change, under the registry's lock
+
+
+def _stored_names(reg, backbone):
+    """The sources of the stored joint model when it matches the registry (None when it does not)."""
+    from occ.openset import fresh_stored
+
+    model = fresh_stored(reg, backbone.fingerprint)
+    return None if model is None else model.names_
+
+
+def test_api_remove_and_import_leave_a_fresh_joint_model(tmp_path, images, tiny_vision_backbone):
+    reg = _enroll_all(tmp_path / "r", ["noise", "grad"], images, tiny_vision_backbone)
+    archive = reg.export("grad", tmp_path / "grad.occ.zip")
+    reg.remove("grad")  # the Python API, no command line
+    assert joint_path(reg, tiny_vision_backbone.fingerprint).exists()
+    model, stale = joint_for(reg, tiny_vision_backbone)
+    assert not stale and model.names_ == ["noise"] and _stored_names(reg, tiny_vision_backbone) == ["noise"]
+    reg.import_file(archive, as_name="grad2")
+    model, stale = joint_for(reg, tiny_vision_backbone)
+    assert not stale and model.names_ == ["grad2", "noise"]
+    assert _stored_names(reg, tiny_vision_backbone) == ["grad2", "noise"]
+    reg.remove("grad2")
+    reg.remove("noise")
+    assert not joint_path(reg, tiny_vision_backbone.fingerprint).exists()  # no lda source left: no model
+
+
+def test_stray_joint_temporary_files_are_swept_by_the_next_write(tmp_path, images, tiny_vision_backbone):
+    reg = _enroll_all(tmp_path / "r", ["noise", "grad"], images, tiny_vision_backbone)
+    fp_key = joint_path(reg, tiny_vision_backbone.fingerprint).name
+    strays = [reg.root / ".joint-x.tmp", reg.root / f".{fp_key}.0123456789abcdef.tmp"]
+    for stray in strays:
+        stray.write_bytes(b"left by a killed process")
+    keep = reg.root / ".joint-notes.txt"  # not a temporary file of the registry's
+    keep.write_text("mine")
+    set_threshold(reg, "grad", far=0.2)  # re-chooses the threshold in the stored model: a joint write
+    assert [s.exists() for s in strays] == [False, False] and keep.exists()
+    strays[0].write_bytes(b"again")
+    reg.remove("grad")  # a source write sweeps them too
+    assert not strays[0].exists() and keep.exists()
+
+
+def test_the_joint_model_is_written_under_the_registry_lock(tmp_path, images, tiny_vision_backbone, monkeypatch):
+    from occ.errors import RegistryError
+    from occ.registry import schema
+
+    reg = _enroll_all(tmp_path / "r", ["noise"], images, tiny_vision_backbone)
+    before = joint_path(reg, tiny_vision_backbone.fingerprint).read_bytes()
+    holder = subprocess.Popen([sys.executable, "-c", "import filelock, sys, time\n"
+                               "lock = filelock.FileLock(sys.argv[1]); lock.acquire(); print('held', flush=True)\n"
+                               "time.sleep(120)", str(reg.root / ".lock")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        monkeypatch.setattr(schema, "LOCK_TIMEOUT", 0.5)
+        with pytest.raises(RegistryError, match="locked by another process"):
+            refit(reg, tiny_vision_backbone)
+    finally:
+        holder.kill()
+        holder.wait(30)
+    assert joint_path(reg, tiny_vision_backbone.fingerprint).read_bytes() == before
+
+
+def test_a_model_fitted_while_a_source_changed_is_not_stored(tmp_path, images, tiny_vision_backbone, monkeypatch):
+    import occ.openset as openset
+
+    reg = _enroll_all(tmp_path / "r", ["noise", "grad"], images, tiny_vision_backbone)
+    path = joint_path(reg, tiny_vision_backbone.fingerprint)
+    before = path.read_bytes()
+
+    def change_grad(step):  # another process stores a new version of grad while this one fits
+        monkeypatch.setattr(openset, "_fault_point", lambda _step: None)
+        reg.save("grad", *reg.load("grad"), replace=True, refit=False)
+
+    monkeypatch.setattr(openset, "_fault_point", change_grad)
+    assert refit(reg, tiny_vision_backbone) is not None
+    assert path.read_bytes() == before  # fitted on grad's old version: not stored over the registry's model
+    assert joint_for(reg, tiny_vision_backbone)[1]  # (the change's own refit was skipped here: stale)
+    openset.sync(reg)
+    assert not joint_for(reg, tiny_vision_backbone)[1] and _stored_names(reg, tiny_vision_backbone) == ["grad", "noise"]

@@ -1,8 +1,7 @@
-"""``occ refit``: refit the registry-wide joint model over every enrolled lda source."""
+"""``occ refit``: refit the registry-wide joint model over every enrolled lda source; and how every
+command that changes the registry shows the refit the library does after it."""
 
 from __future__ import annotations
-
-import time
 
 from occ.cli.common import (
     BackboneOpt,
@@ -16,34 +15,33 @@ from occ.cli.common import (
 )
 
 
-def refit_registry(reg, backbone_spec: str | None) -> None:
-    """Refit the joint model of ``reg``'s lda sources (one per backbone they were enrolled on, or only
-    ``backbone_spec``'s), with progress, and say what was fitted (read back from the fitted model)."""
-    from occ.openset import discard, joint_backbones, refit
+def report_fit(model, seconds: float) -> None:
+    """One line on stderr for a joint model the library fitted (read back from the fitted model)."""
+    err.print(f"joint model refitted over {len(model.names_)} source(s) ({', '.join(model.names_)}) and "
+              f"{model.n_rows_['non-target']} non-target rows in {seconds:.1f} s", markup=False)
 
-    groups = joint_backbones(reg)
-    if not groups:
-        discard(reg)
-        return
-    for spec in [backbone_spec] if backbone_spec is not None else list(groups):
-        bb = backbone_for(spec, reg)
-        start = time.perf_counter()
-        with stage_progress("refit: {stage}") as on_progress:
-            model = refit(reg, bb, progress=on_progress, on_skip=report_left_out)
-        if model is None:
-            err.print(f"no lda source made on backbone {bb.fingerprint}: nothing to refit", markup=False)
-            continue
-        err.print(f"joint model refitted over {len(model.names_)} source(s) ({', '.join(model.names_)}) and "
-                  f"{model.n_rows_['non-target']} non-target rows in {time.perf_counter() - start:.1f} s",
-                  markup=False)
+
+def refit_options(on_progress, backbone=None):
+    """The :class:`occ.openset.RefitOptions` of a command: progress, sources left out and every model
+    fitted said on stderr, backbones loaded as the commands load them."""
+    from occ.openset import RefitOptions
+
+    return RefitOptions(backbone=backbone, progress=on_progress, on_skip=report_left_out, on_fit=report_fit,
+                        load=lambda spec: backbone_for(spec))
 
 
 @handle_errors
 def refit_cmd(registry: RegistryOpt = None, backbone: BackboneOpt = None) -> None:
-    """Refit the registry-wide model that decides among lda sources (done after every enroll, replace and
-    remove; run it after an interrupted one, or to bring an older registry up to date)."""
+    """Refit the registry-wide model that decides among lda sources (the library does it after every
+    enroll, replace, remove, import and set-threshold; run it after an interrupted one, or to bring an
+    older registry up to date)."""
+    from occ.openset import sync
     from occ.sources import require_enrolled
 
     reg = open_registry(registry)
     require_enrolled(reg)
-    refit_registry(reg, backbone)
+    bb = backbone_for(backbone, reg) if backbone is not None else None
+    with stage_progress("refit: {stage}") as on_progress:
+        models = sync(reg, None if bb is None else [bb.fingerprint], refit_options(on_progress, bb), force=True)
+    if bb is not None and not models:
+        err.print(f"no lda source made on backbone {bb.fingerprint}: nothing to refit", markup=False)

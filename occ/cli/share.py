@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from occ.cli.common import RegistryOpt, err, handle_errors, markup_path, open_registry, warn
+from occ.cli.common import RegistryOpt, err, handle_errors, markup_path, open_registry, stage_progress, warn
 
 
 @handle_errors
@@ -30,14 +30,13 @@ def import_cmd(
 ) -> None:
     """Add a source from a file made by `occ export` (validated first; a bad file writes nothing); the
     registry's joint model is then refitted with it."""
-    from occ.cli.refit import refit_registry
-
-    reg = open_registry(registry)
+    from occ.cli.refit import refit_options
     from occ.enrollment import training_overlaps
 
-    record = reg.import_file(file, as_name=as_name, replace=replace)
+    reg = open_registry(registry)
+    with stage_progress("refit: {stage}") as on_progress:
+        record = reg.import_file(file, as_name=as_name, replace=replace, refit=refit_options(on_progress))
     err.print(f"imported '{record.name}'", markup=False)
     shas = set(record.meta.get("training_images", []))
     for other, n in training_overlaps(reg, record.name, shas).items():
         warn(f"{n} of its training images are also training images of source '{other}'")
-    refit_registry(reg, None)

@@ -20,6 +20,7 @@ from occ.cli.common import (
     open_registry,
     out,
     print_table,
+    stage_progress,
     warn,
 )
 from occ.errors import OccError, UsageError, one_line
@@ -89,7 +90,7 @@ def sources_remove(name: NameArg, yes: Annotated[bool, typer.Option("--yes", hel
                    registry: RegistryOpt = None) -> None:
     """Remove an enrolled source (asks first unless --yes); the joint model of the other lda sources is
     refitted without it."""
-    from occ.cli.refit import refit_registry
+    from occ.cli.refit import refit_options
 
     reg = open_registry(registry)
     reg.info(name)
@@ -97,9 +98,9 @@ def sources_remove(name: NameArg, yes: Annotated[bool, typer.Option("--yes", hel
         if not sys.stdin.isatty():
             raise UsageError(f"refusing to remove '{name}' without --yes (no terminal to ask)")
         typer.confirm(f"remove source '{name}' from {display_path(reg.root)}?", abort=True)
-    reg.remove(name)
+    with stage_progress("refit: {stage}") as on_progress:
+        reg.remove(name, refit=refit_options(on_progress))
     err.print(f"removed '{name}'", markup=False)
-    refit_registry(reg, None)
 
 
 @sources_app.command("set-threshold")
@@ -114,10 +115,12 @@ def sources_set_threshold(
 ) -> None:
     """Re-choose a source's threshold from its stored held-out scores (no retraining): the stricter of
     the two rules --far and --tpr; a rule not given keeps its stored value."""
+    from occ.cli.refit import refit_options
     from occ.sources import WEAK_TPR, decision_calibration, is_weak, set_threshold
 
     reg = open_registry(registry)
-    cal = set_threshold(reg, name, far, tpr).calibration_
+    with stage_progress("refit: {stage}") as on_progress:
+        cal = set_threshold(reg, name, far, tpr, refit=refit_options(on_progress)).calibration_
     err.print(f"'{name}': threshold {fmt(cal.calibrated_threshold)} (FAR <= {cal.far:g}, TPR <= {cal.target_tpr:g}): "
               f"held-out TPR {fmt(cal.tpr)}, FAR {fmt(cal.achieved_far)}", markup=False)
     decides, _ = decision_calibration(reg, name, reg.info(name).meta)

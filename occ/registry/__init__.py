@@ -9,13 +9,24 @@ Layout (``root`` is :func:`occ.paths.registry_dir`)::
       sources/<name>/CURRENT         name of the committed version folder, replaced atomically
       sources/<name>/<version>/verifier.safetensors
       sources/<name>/<version>/verifier.json
+      joint-<key>.safetensors        the joint model of the lda sources enrolled on one backbone (<key>: a digest
+                                     of its fingerprint; :mod:`occ.openset`), derived from the sources and
+                                     refitted after every write; written under the lock (:meth:`Registry.write_joint`)
+                                     through a temporary ``.joint-<key>.safetensors.<hex>.tmp``
 
 Crash safety. A write builds its version folder under ``.staging/`` (files and folder fsynced), then,
 holding the lock, moves it to ``sources/<name>/<version>`` (a rename on the same filesystem) and swaps
 ``CURRENT`` with ``os.replace``. Only after ``CURRENT`` names the new version is the old one deleted. A
 process killed at any instant therefore leaves either the old version or the new one readable, never a mix;
 a source whose first write was interrupted has no ``CURRENT``, is not listed, and is swept by the next
-writer, as are abandoned staging folders and unreferenced version folders.
+writer, as are abandoned staging folders, unreferenced version folders and the temporary files of a
+joint model write (``.joint-*.tmp``, like ``.registry.json.*.tmp`` written only under the lock).
+
+The joint model. Every committed write (:meth:`Registry.save`, ``store``, ``remove``, ``import_file``)
+ends by bringing the joint model of the backbone it touched in line with the sources
+(:func:`occ.openset.after_change`), so a Python caller and the command line leave the same registry. A
+model is stored only if no source changed while it was fitted (checked under the lock); a process killed
+before that leaves the previous model, which attribution sees does not match and refits in memory.
 
 Concurrency. Writers build their staging folder without the registry lock (each holds a lock on its own
 staging entry so that a concurrent writer's sweep can tell live staging from abandoned staging) and take

@@ -54,6 +54,11 @@ VERSION_RE = re.compile(r"v[0-9a-f]{8,48}")
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
 STAGING_RE = re.compile(r"([0-9a-f]{32})(\.lock|\.pending)?")
 ROOT_TMP_RE = re.compile(r"\.registry\.json\.[0-9a-f]{16}\.tmp")
+# <root>/joint-<key>.safetensors: the joint model of the lda sources of one backbone (occ.openset), and the
+# temporary files it is written through (".joint-<key>.safetensors.<hex>.tmp"; any ".joint-*.tmp" is one)
+JOINT_PREFIX = "joint-"
+JOINT_RE = re.compile(r"joint-[0-9a-f]{16}\.safetensors")
+JOINT_TMP_RE = re.compile(r"\.joint-[A-Za-z0-9._-]*\.tmp")
 FSYNC_DIR_UNSUPPORTED = frozenset(
     {errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EBADF, errno.EISDIR, errno.EACCES, errno.EPERM}
 )

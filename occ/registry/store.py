@@ -1,5 +1,6 @@
 """The store: :class:`Registry`, its reads (which never lock) and its crash-safe writes (see
-:mod:`occ.registry` for the protocol)."""
+:mod:`occ.registry` for the protocol), each followed by the refit of the registry's joint model
+(:func:`occ.openset.after_change`: the store reads no verifier's keys, the joint model does)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import filelock
 
@@ -32,6 +33,8 @@ from occ.registry.files import (
 from occ.registry.schema import (
     CURRENT_FILE,
     EXPORT_SUFFIX,
+    JOINT_RE,
+    JOINT_TMP_RE,
     LOCK_FILE,
     META_FILE,
     REGISTRY_FIELDS,
@@ -61,6 +64,10 @@ from occ.registry.schema import (
 
 if TYPE_CHECKING:
     import torch
+
+    from occ.openset import RefitOptions
+
+    Refit = RefitOptions | Literal[False] | None
 
 
 def _fault_point(step: str) -> None:
@@ -269,21 +276,27 @@ class Registry:
         meta: Mapping[str, Any],
         *,
         replace: bool = False,
+        refit: Refit = None,
     ) -> SourceRecord:
         """Store a verifier as source ``name``. An existing name is refused unless ``replace`` is true.
 
         ``meta`` must be JSON-serialisable (no NaN or infinity); the registry's own fields
         (``schema_version``, ``name``, ``files``, ``checksum``) are set by the registry and overwrite any
         the caller passes. Tensors are stored as contiguous, dense CPU tensors (the caller's are not changed).
+
+        ``refit``, here and in every write: how the joint model is refitted after the change
+        (:class:`occ.openset.RefitOptions`; None: the defaults), or False for a caller that brings it in
+        line itself (:func:`occ.sources.set_threshold`).
         """
         validate_name(name)
         if not replace and name in self:
             raise self._exists(name)
         plain = normalise_meta(name, meta)
         tensor_bytes = serialise_tensors(name, tensors)
-        return self._commit(name, tensor_bytes, plain, replace=replace)
+        return self._commit(name, tensor_bytes, plain, replace=replace, refit=refit)
 
-    def store(self, name: str, folder: str | os.PathLike[str], *, replace: bool = False) -> SourceRecord:
+    def store(self, name: str, folder: str | os.PathLike[str], *, replace: bool = False,
+              refit: Refit = None) -> SourceRecord:
         """Store the verifier folder ``folder`` (``verifier.json`` + ``verifier.safetensors``, as
         :meth:`occ.verifier.Verifier.save` writes it) as source ``name``, with the same checks as :meth:`save`.
         The registry reads neither file's keys: it checks the JSON is an object and the tensors parse."""
@@ -301,13 +314,14 @@ class Registry:
         validate_name(name)
         if not replace and name in self:
             raise self._exists(name)
-        return self._commit(name, tensor_bytes, normalise_meta(name, meta), replace=replace)
+        return self._commit(name, tensor_bytes, normalise_meta(name, meta), replace=replace, refit=refit)
 
-    def remove(self, name: str) -> None:
-        """Delete source ``name`` (UsageError if there is none)."""
+    def remove(self, name: str, *, refit: Refit = None) -> None:
+        """Delete source ``name`` (UsageError if there is none), then refit the joint model without it."""
         validate_name(name)
         if name not in self:
             raise self._unknown(name)
+        before = self._meta_or_none(name)
         try:
             with self._locked():
                 self._read_registry_file()
@@ -323,6 +337,7 @@ class Registry:
             raise registry_error(
                 f"cannot write registry {self.root}: {first_line(exc)} (removing source {q(name)})"
             ) from None
+        self._changed(name, "removed", None if before is None else [before], refit)
 
     def export(self, name: str, dest: str | os.PathLike[str], *, replace: bool = False) -> Path:
         """Write source ``name`` to one zip file and return its path.
@@ -342,7 +357,8 @@ class Registry:
         return target
 
     def import_file(
-        self, src: str | os.PathLike[str], *, as_name: str | None = None, replace: bool = False
+        self, src: str | os.PathLike[str], *, as_name: str | None = None, replace: bool = False,
+        refit: Refit = None,
     ) -> SourceRecord:
         """Add the source in export archive ``src`` (under ``as_name`` if given).
 
@@ -356,7 +372,7 @@ class Registry:
         if not replace and name in self:
             raise self._exists(name)
         plain = {k: v for k, v in record.items() if k not in REGISTRY_FIELDS}
-        return self._commit(name, tensor_bytes, plain, replace=replace)
+        return self._commit(name, tensor_bytes, plain, replace=replace, refit=refit)
 
     def check_new(self, name: str, *, replace: bool = False) -> None:
         """UsageError unless ``name`` is a valid source name that is free (or ``replace`` is true): what a
@@ -367,6 +383,54 @@ class Registry:
 
     def _exists(self, name: str) -> UsageError:
         return usage_error(f"source {q(name)} already exists in {self.root}; use --replace to overwrite it")
+
+    def write_joint(self, filename: str, data: bytes | None, *, versions: Mapping[str, str | None] | None = None
+                    ) -> bool:
+        """Replace the joint model file ``filename`` (``joint-<key>.safetensors``, see the layout) with
+        ``data``, or remove it (``data`` None): holding the registry's lock, atomically, after sweeping what
+        crashed writers left (a ``.joint-*.tmp`` included). With ``versions`` (:meth:`versions` read before
+        the model was fitted), nothing is written when a source changed since: that change's own refit
+        writes the model of the sources it saw. Returns whether it wrote."""
+        if not JOINT_RE.fullmatch(filename):
+            raise ValueError(f"not a joint model file name: {filename!r}")
+        path = self.root / filename
+        try:
+            with self._locked():
+                self._sweep(keep=None)
+                if versions is not None and self.versions() != dict(versions):
+                    return False
+                if data is not None:
+                    atomic_write(path, data, f".{filename}.{secrets.token_hex(8)}.tmp")
+                elif os.path.lexists(path):
+                    os.unlink(path)
+                    fsync_dir(self.root, strict=False)
+                return True
+        except OSError as exc:
+            raise registry_error(
+                f"cannot write registry {self.root}: {first_line(exc)} (writing its joint model)"
+            ) from None
+
+    def _meta_or_none(self, name: str) -> dict[str, Any] | None:
+        """The current ``verifier.json`` of ``name``, None when there is none or it cannot be read."""
+        try:
+            return self.info(name).meta
+        except OccError:
+            return None
+
+    def _changed(self, name: str, done: str, metas: list | None, refit: Refit) -> None:
+        """After a committed change of source ``name`` (its ``verifier.json`` before and after in ``metas``,
+        None where unknown): refit the joint model (:func:`occ.openset.after_change`). The change has
+        happened: an error says so."""
+        if refit is False:
+            return
+        from occ.openset import after_change
+
+        try:
+            after_change(self, metas, refit)
+        except OccError as exc:
+            kind = UsageError if isinstance(exc, UsageError) else RegistryError
+            raise kind(f"source {q(name)} was {done}, but the registry's joint model could not be refitted: "
+                       f"{first_line(exc)}") from None
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -390,7 +454,7 @@ class Registry:
             foreign = sorted(
                 e
                 for e in os.listdir(self.root)
-                if not e.startswith(".") and e not in (SOURCES_DIR, REGISTRY_FILE)
+                if not e.startswith(".") and e not in (SOURCES_DIR, REGISTRY_FILE) and not JOINT_RE.fullmatch(e)
             )
             if foreign:
                 raise usage_error(
@@ -409,10 +473,19 @@ class Registry:
         atomic_write(self.root / REGISTRY_FILE, data, f".{REGISTRY_FILE}.{secrets.token_hex(8)}.tmp")
 
     def _commit(
-        self, name: str, tensor_bytes: bytes, plain_meta: Mapping[str, Any], *, replace: bool
+        self, name: str, tensor_bytes: bytes, plain_meta: Mapping[str, Any], *, replace: bool, refit: Refit = False
     ) -> SourceRecord:
-        """Write a new version of ``name`` (see the module docstring for the protocol)."""
+        """Write a new version of ``name`` (see the module docstring for the protocol), then refit the joint
+        model (:meth:`_changed`)."""
         record, meta_bytes = build_record(name, plain_meta, tensor_bytes)
+        before = self._meta_or_none(name) if replace and refit is not False else None
+        committed = self._commit_version(name, tensor_bytes, meta_bytes, record, replace=replace)
+        self._changed(name, "stored", [before, record], refit)
+        return committed
+
+    def _commit_version(
+        self, name: str, tensor_bytes: bytes, meta_bytes: bytes, record: dict[str, Any], *, replace: bool
+    ) -> SourceRecord:
         staging: Staging | None = None
         try:
             self._prepare_root()
@@ -506,7 +579,8 @@ class Registry:
         now = time.time()
         with contextlib.suppress(OSError):
             for entry in os.listdir(self.root):
-                if ROOT_TMP_RE.fullmatch(entry):
+                # (written only under the lock: the one found now was left by a writer that died)
+                if ROOT_TMP_RE.fullmatch(entry) or JOINT_TMP_RE.fullmatch(entry):
                     remove_tree(self.root / entry)
         try:
             entries = os.listdir(self._staging)
