@@ -7,7 +7,9 @@ image is no farther from it than its own held-out images; otherwise the image is
 sources a verifier "accepts" only the image the joint model names it for, so ``verify --source S`` and
 ``attribute`` always agree. Sources of the other kinds (prompt tokens, probe) are scored by their own
 verifiers on the same shared trunk pass and accept where their score reaches their threshold. The
-named source is the accepted one with the highest score, or ``None`` ("unknown").
+named source is the accepted one with the highest score, or ``None`` ("unknown"). A source whose score
+alone reaches its threshold and that does not accept says why in :attr:`Decision.reasons`
+(:func:`occ.decisions.reason`).
 
 The joint model reads only the CLS tokens, as numpy arrays: over images whose features are cached, a
 registry of ``lda`` sources is decided without importing torch (nor building those sources' heads:
@@ -24,6 +26,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from occ import decisions
 from occ.backbones.base import Backbone, Trunk
 from occ.errors import ImageError, OccError, RegistryError, UsageError
 from occ.features import FeatureExtractor
@@ -49,6 +52,8 @@ class Decision:
     # these, but saturate at 0 and 1, so ranking figures (ROC AUC of one source) use these.
     raw: dict[str, float] = field(default_factory=dict)
     raw_thresholds: dict[str, float] = field(default_factory=dict)  # thresholds on the raw scale
+    # why a source whose score alone reaches its threshold does not accept (occ.decisions.reason), by source
+    reasons: dict[str, str] = field(default_factory=dict)
 
 
 def load_verifier(registry: Registry, backbone: Backbone, name: str) -> Verifier:
@@ -167,6 +172,7 @@ class Attributor:
         calibrations = {name: self.verifiers[name].calibration_ for name in own}
         accepted = {name: calibrations[name].accept(raw[name]) for name in own}
         calibrated = {name: calibrations[name].probability(raw[name]) for name in own}
+        reasons: list[dict[str, str]] = [{} for _ in paths]
         if self._joint_names:
             joint = self.joint.decide_arrays(self.joint.settings_.rows(trunk.cls_array, trunk.low))
             for j, name in enumerate(joint.names):
@@ -175,6 +181,11 @@ class Attributor:
                     calibrations[name] = self.joint.calibrations_[name]
                     accepted[name] = joint.named == j
                     calibrated[name] = joint.scores[:, j]
+                    reaches = calibrations[name].accept(raw[name])
+                    for i in np.flatnonzero(reaches & ~accepted[name]):
+                        why = decisions.reason(name, True, False, joint.names[joint.best[i]], bool(joint.within[i, j]))
+                        if why is not None:
+                            reasons[i][name] = why
         thresholds = {name: calibrations[name].calibrated_threshold for name in self.verifiers}
         raw_thresholds = {name: calibrations[name].threshold for name in self.verifiers}
         out = []
@@ -182,7 +193,8 @@ class Attributor:
             scores = {name: float(calibrated[name][i]) for name in self.verifiers}
             ok = sorted((n for n in self.verifiers if accepted[n][i]), key=lambda n: (-scores[n], n))
             out.append(Decision(str(path), ok[0] if ok else None, scores, ok, thresholds,
-                                {name: float(raw[name][i]) for name in self.verifiers}, raw_thresholds))
+                                {name: float(raw[name][i]) for name in self.verifiers}, raw_thresholds,
+                                dict(sorted(reasons[i].items()))))
         return out
 
     def results(self, inputs: Iterable) -> Iterator[Decision | ImageError]:
@@ -245,9 +257,17 @@ class Attributor:
 
 
 def verify_row(decision: Decision, source: str) -> dict:
-    """What ``occ verify --json`` (and ``occ serve``) answers for one image and one source."""
+    """What ``occ verify --json`` (and ``occ serve``) answers for one image and one source: ``reason`` says
+    why an image whose score reaches the threshold is not accepted (null otherwise)."""
     return {"path": decision.path, "source": source, "score": round(decision.scores[source], 6),
-            "threshold": round(decision.thresholds[source], 6), "accepted": source in decision.accepted}
+            "threshold": round(decision.thresholds[source], 6), "accepted": source in decision.accepted,
+            "reason": decision.reasons.get(source)}
+
+
+def attribute_reason(reasons: dict[str, str]) -> str | None:
+    """An attribute row's ``reason``: every source whose score reaches its threshold and that does not
+    accept, with why (``"a: outside a's range; b: nearer to c"``), or None."""
+    return "; ".join(f"{name}: {why}" for name, why in sorted(reasons.items())) or None
 
 
 def round_scores(scores: dict[str, float]) -> dict[str, float]:
@@ -257,7 +277,7 @@ def round_scores(scores: dict[str, float]) -> dict[str, float]:
 def attribute_row(decision: Decision) -> dict:
     """What ``occ attribute --json`` (and ``occ serve``, and the Ray engine) answers for one image."""
     return {"path": decision.path, "source": decision.source, "scores": round_scores(decision.scores),
-            "accepted": list(decision.accepted)}
+            "accepted": list(decision.accepted), "reason": attribute_reason(decision.reasons)}
 
 
 def error_row(exc: ImageError) -> dict:

@@ -4,10 +4,12 @@
 the backbone and the registry's verifiers once, reads its images itself (every node must see the same
 paths, e.g. a shared or network filesystem) and answers one row per image with the columns of
 :data:`COLUMNS`: ``path``, ``source`` (null = unknown), ``scores`` (a struct with one float field per
-source), ``accepted`` (list of names, best first) and ``error`` (null, or why the image could not be
-used: bad files are per-row errors, never the job's). :func:`attribute_paths` is the whole command:
-it expands files and folders like the CLI, starts (or joins) Ray, keeps the input order and streams
-batches back to the caller, who writes JSONL or Parquet (:func:`json_rows`, :func:`write_parquet`).
+source), ``accepted`` (list of names, best first), ``reason`` (why a source whose score reaches its
+threshold does not accept, as ``occ attribute --json`` says it; null when none) and ``error`` (null, or
+why the image could not be used: bad files are per-row errors, never the job's).
+:func:`attribute_paths` is the whole command: it expands files and folders like the CLI, starts (or
+joins) Ray, keeps the input order and streams batches back to the caller, who writes JSONL or Parquet
+(:func:`json_rows`, :func:`write_parquet`).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pathlib import Path
 
 from occ.errors import ImageError, OccError, UsageError
 
-COLUMNS = ("path", "source", "scores", "accepted", "error")
+COLUMNS = ("path", "source", "scores", "accepted", "reason", "error")
 DEFAULT_BATCH = 16
 
 
@@ -32,6 +34,7 @@ def schema(sources: Sequence[str]):
         ("source", pa.string()),
         ("scores", pa.struct([(name, pa.float64()) for name in sources])),
         ("accepted", pa.list_(pa.string())),
+        ("reason", pa.string()),
         ("error", pa.string()),
     ])
 
@@ -56,10 +59,12 @@ class AttributionWorker:
     def __call__(self, batch: dict):
         import pyarrow as pa
 
+        from occ.attribution import attribute_reason
         from occ.images import ImageFile, read_image_file
 
         paths, files, given = list(batch["path"]), list(batch["file"]), list(batch["error"])
-        rows: list[dict] = [{"path": p, "source": None, "scores": None, "accepted": None, "error": e or None}
+        rows: list[dict] = [{"path": p, "source": None, "scores": None, "accepted": None, "reason": None,
+                             "error": e or None}
                             for p, e in zip(paths, given)]
         todo = []
         for i, (file, error) in enumerate(zip(files, given)):
@@ -76,7 +81,8 @@ class AttributionWorker:
             rows[int(exc.path)]["error"] = exc.reason
 
         for d in self.attributor.run_files(todo, on_error):
-            rows[int(d.path)].update(source=d.source, scores=d.scores, accepted=list(d.accepted))
+            rows[int(d.path)].update(source=d.source, scores=d.scores, accepted=list(d.accepted),
+                                     reason=attribute_reason(d.reasons))
         return pa.Table.from_pylist(rows, schema=self.schema)
 
 
@@ -189,7 +195,7 @@ def json_rows(table) -> Iterator[dict]:
             yield {"path": row["path"], "error": row["error"]}
         else:
             yield {"path": row["path"], "source": row["source"], "scores": round_scores(row["scores"]),
-                   "accepted": row["accepted"]}
+                   "accepted": row["accepted"], "reason": row["reason"]}
 
 
 def write_parquet(batches: Iterable, path: str | os.PathLike, sources: Sequence[str]) -> int:

@@ -249,6 +249,8 @@ class JointDecisions:
     scores: np.ndarray  # (N, K) 0..1 scores
     accepts: np.ndarray  # (N, K) bool: the margin reaches the threshold and the row lies within the radius
     named: np.ndarray  # (N,) column of the named source (the largest margin, if it accepts), -1: unknown
+    best: np.ndarray | None = None  # (N,) column of the largest margin (named when it accepts)
+    within: np.ndarray | None = None  # (N, K) bool: the row lies within the source's radius
 
 
 class JointModel:
@@ -330,11 +332,12 @@ class JointModel:
         cals = [self.calibrations_[n] for n in names]
         scores = np.stack([c.probability(raw[:, j]) for j, c in enumerate(cals)], 1)
         accepts = np.stack([c.accept(raw[:, j]) for j, c in enumerate(cals)], 1)
-        accepts &= self.geometry_.distances_of(y) <= np.array([self.radii_[n] for n in names])
+        within = self.geometry_.distances_of(y) <= np.array([self.radii_[n] for n in names])
+        accepts &= within
         rows = np.arange(len(raw))
         best = raw.argmax(1)  # the nearest source (the first of equal margins)
         named = np.where(accepts[rows, best], best, -1)
-        return JointDecisions(list(names), raw, scores, accepts, named)
+        return JointDecisions(list(names), raw, scores, accepts, named, best, within)
 
     def decide(self, x: np.ndarray) -> list[tuple[str | None, dict[str, float], dict[str, float], list[str]]]:
         """Per row: (named source or None, 0..1 score per source, raw margin per source, sources whose

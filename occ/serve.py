@@ -9,7 +9,8 @@ is compared on every request, which reads one small file per source). Endpoints:
   ``name`` and ``error`` for a source that cannot be used);
 * ``POST /v1/verify?source=NAME`` and ``POST /v1/attribute``: one or more images as multipart field
   ``image``; the answer is a JSON array with one object per image, in upload order, the same objects
-  as ``occ verify/attribute --json`` (``path`` is the uploaded file name), ``{"path", "error"}`` for an
+  as ``occ verify/attribute --json`` (``path`` is the uploaded file name; ``reason`` says why an image
+  whose score reaches a threshold is not accepted), ``{"path", "error"}`` for an
   image that cannot be used.
 
 Limits (:class:`Limits`): bytes per image, images per request (and so bytes per request, counted as the body

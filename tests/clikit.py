@@ -23,8 +23,8 @@ from typer.testing import CliRunner
 from occ.testing import tiny_clip
 
 REPO = Path(__file__).resolve().parents[1]
-VERIFY_KEYS = {"path", "source", "score", "threshold", "accepted"}
-ATTRIBUTE_KEYS = {"path", "source", "scores", "accepted"}
+VERIFY_KEYS = {"path", "source", "score", "threshold", "accepted", "reason"}
+ATTRIBUTE_KEYS = {"path", "source", "scores", "accepted", "reason"}
 ERROR_KEYS = {"path", "error"}
 SUMMARY_RE = re.compile(r"(verify|attribute): \d+ images, \d+ scored, \d+ failed in |eval: \d+ files, \d+ scored, ")
 STEPS = "5"  # training steps per model: enough for the tiny families, fast on a busy 2-core machine
@@ -91,7 +91,10 @@ def check_verify_row(row: dict, source: str) -> None:
     assert isinstance(row["path"], str) and row["source"] == source
     assert isinstance(row["score"], float) and 0.0 <= row["score"] <= 1.0
     assert isinstance(row["threshold"], float) and isinstance(row["accepted"], bool)
-    assert row["accepted"] == (row["score"] >= row["threshold"]) or abs(row["score"] - row["threshold"]) < 1e-5
+    assert row["reason"] is None or (isinstance(row["reason"], str) and not row["accepted"]), row
+    # the threshold shown is the one that decides: accepted <=> the score reaches it and nothing overrides it
+    assert row["accepted"] == (row["score"] >= row["threshold"] and row["reason"] is None) \
+        or abs(row["score"] - row["threshold"]) < 1e-5, row
 
 
 def check_attribute_row(row: dict, sources: Iterable[str]) -> None:
@@ -100,6 +103,7 @@ def check_attribute_row(row: dict, sources: Iterable[str]) -> None:
     assert set(row["scores"]) == set(sources), row
     assert all(isinstance(v, float) and 0.0 <= v <= 1.0 for v in row["scores"].values())
     assert isinstance(row["accepted"], list) and set(row["accepted"]) <= set(row["scores"])
+    assert row["reason"] is None or isinstance(row["reason"], str), row
     if row["accepted"]:
         assert row["source"] == row["accepted"][0]
         assert [row["scores"][n] for n in row["accepted"]] == sorted(

@@ -143,15 +143,16 @@ def test_verify_answers_in_input_order(w, inputs) -> None:
 
     as_csv = invoke("verify", *inputs.args, *args, "--csv")
     check_summary(as_csv, "verify", inputs)
-    check_csv(as_csv, inputs, ["path", "source", "score", "threshold", "accepted"], as_json.json(),
-              lambda o: [o["path"], o["source"], str(o["score"]), str(o["threshold"]), str(o["accepted"]).lower()])
+    check_csv(as_csv, inputs, ["path", "source", "score", "threshold", "accepted", "reason"], as_json.json(),
+              lambda o: [o["path"], o["source"], str(o["score"]), str(o["threshold"]), str(o["accepted"]).lower(),
+                         o["reason"] or ""])
 
     table = invoke("verify", *inputs.args, *args)
     check_summary(table, "verify", inputs)
     check_table(table, inputs, table_header(table.stdout).index("accepted"), reasons)
     accepted = [r[3] for r in table_rows(table.stdout)]
     assert [a for i, a in enumerate(accepted) if i not in inputs.failed] == [
-        "yes" if o["accepted"] else "no" for o in alone.json()]
+        "yes" if o["accepted"] else f"no ({o['reason']})" if o["reason"] else "no" for o in alone.json()]
 
 
 def test_attribute_answers_in_input_order(w, inputs) -> None:
@@ -165,9 +166,9 @@ def test_attribute_answers_in_input_order(w, inputs) -> None:
 
     as_csv = invoke("attribute", *inputs.args, *args, "--csv")
     check_summary(as_csv, "attribute", inputs)
-    check_csv(as_csv, inputs, ["path", "source", "accepted", "score:a", "score:b"], as_json.json(),
-              lambda o: [o["path"], o["source"] or "unknown", ";".join(o["accepted"]), str(o["scores"]["a"]),
-                         str(o["scores"]["b"])])
+    check_csv(as_csv, inputs, ["path", "source", "accepted", "reason", "score:a", "score:b"], as_json.json(),
+              lambda o: [o["path"], o["source"] or "unknown", ";".join(o["accepted"]), o["reason"] or "",
+                         str(o["scores"]["a"]), str(o["scores"]["b"])])
 
     table = invoke("attribute", *inputs.args, *args)
     check_summary(table, "attribute", inputs)

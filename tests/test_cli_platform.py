@@ -38,7 +38,7 @@ def test_verify_csv_has_the_json_values_one_row_per_image(w) -> None:
     as_json, as_csv = invoke(*args, "--json"), invoke(*args, "--csv")
     assert as_csv.code == as_json.code == 1
     rows = read_csv(as_csv.stdout)
-    assert list(rows[0]) == ["path", "source", "score", "threshold", "accepted", "error"]
+    assert list(rows[0]) == ["path", "source", "score", "threshold", "accepted", "reason", "error"]
     expected = {r["path"]: r for r in as_json.json()}
     assert len(rows) == len(expected) == 7
     for row in rows:
@@ -48,6 +48,7 @@ def test_verify_csv_has_the_json_values_one_row_per_image(w) -> None:
         else:
             assert float(row["score"]) == want["score"] and float(row["threshold"]) == want["threshold"]
             assert row["accepted"] == str(want["accepted"]).lower() and row["error"] == ""
+            assert row["reason"] == (want["reason"] or "")
     assert as_csv.err_lines == [] and as_csv.summary.startswith("verify: 7 images, 6 scored, 1 failed")
 
 
@@ -59,13 +60,13 @@ def test_attribute_csv_has_one_column_per_source(w, tmp_path, monkeypatch) -> No
     as_json, as_csv = invoke(*args, "--json"), invoke(*args, "--csv")
     assert as_csv.code == 0, as_csv
     rows = read_csv(as_csv.stdout)
-    assert list(rows[0]) == ["path", "source", "accepted", "score:a", "score:b", "error"]
+    assert list(rows[0]) == ["path", "source", "accepted", "reason", "score:a", "score:b", "error"]
     decisions = as_json.json()
     assert len(rows) == len(decisions) == 13
     for row, want in zip(rows, decisions):
         assert row["path"] == (want["path"] if want["path"] != odd else "'" + odd)
         assert row["source"] == (want["source"] or "unknown")
-        assert row["accepted"] == ";".join(want["accepted"])
+        assert row["accepted"] == ";".join(want["accepted"]) and row["reason"] == (want["reason"] or "")
         assert {k: float(row[f"score:{k}"]) for k in ("a", "b")} == want["scores"]
 
 

@@ -18,10 +18,14 @@ SCORES_HELP = (
     "Scores (0..1) are a monotone map of each source's raw margin, fitted on held-out cross-validation "
     "scores with equal priors, so that they compare across sources; they are not probabilities that the "
     "image comes from the source (on generators and photos unlike the training data they are not "
-    "calibrated: check with `occ eval`). A verifier accepts when its score reaches its threshold, which "
-    "obeys two rules chosen at enrollment: at most --far of held-out non-target images accepted (false "
-    "accepts), and at most --tpr of held-out target images accepted (so the threshold stays strict for "
-    "images unlike any seen); the stricter wins."
+    "calibrated: check with `occ eval`). How a source decides: a prompt or probe source accepts when its "
+    "score reaches its threshold; an lda source (the default) is decided by the registry's joint model and "
+    "accepts when its score reaches its threshold, no other source scores higher, and the image lies within "
+    "its range (no farther from its centre than 99% of its own held-out images); a row whose score reaches "
+    "the threshold but is not accepted says why (nearer to OTHER, outside SOURCE's range). The threshold "
+    "(`occ sources` shows the one that decides) obeys two rules chosen at enrollment: at most --far of "
+    "held-out non-target images accepted (false accepts), and at most --tpr of held-out target images "
+    "accepted (so the threshold stays strict for images unlike any seen); the stricter wins."
 )
 # Every command group shares these: -h as well as --help; plain help text (no <bool> type column).
 TYPER_SETTINGS = dict(context_settings={"help_option_names": ["-h", "--help"]}, rich_markup_mode=None,

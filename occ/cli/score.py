@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from occ.cli import inspect as provenance_cli
 from occ.cli.common import (
@@ -67,11 +68,17 @@ def verify(
     provenance: provenance_cli.ProvenanceOpt = False,
     trust_list: provenance_cli.TrustListOpt = None,
 ) -> None:
-    """Score images against one source: score (0..1), threshold, accept/reject.
+    """Score images against one source: score (0..1), threshold, accept/reject, and the reason when an
+    image whose score reaches the threshold is not accepted.
 
-    The source's threshold obeys its two rules from enrollment: at most --far of held-out non-target
-    images and at most --tpr of held-out target images accepted (the stricter wins). An lda source
-    accepts only an image that the registry's joint model attributes to it, so verify and attribute agree.
+    The threshold is the one that decides the source (`occ sources` shows the same) and obeys its two
+    rules from enrollment: at most --far of held-out non-target images and at most --tpr of held-out
+    target images accepted (the stricter wins). A prompt or probe source accepts when the score reaches
+    the threshold. An lda source (the default) is decided by the registry's joint model, so verify and
+    attribute agree: it accepts when the score reaches the threshold, no other source scores higher and
+    the image lies within the source's range (no farther from its centre than 99% of its own held-out
+    images); otherwise a row that reaches the threshold says why it was not accepted ("nearer to OTHER",
+    "outside SOURCE's range": JSON and CSV "reason", a note in the table).
     """
     from occ.attribution import Attributor, verify_row
 
@@ -87,7 +94,7 @@ def verify(
     attributor = Attributor.from_registry(reg, bb, [source])
     warn_if_stale(attributor)
     failures, rows, found, outcome = [], [], [], Counter()
-    csv_rows = CsvRows(["path", "source", "score", "threshold", "accepted"]) if fmt_out == "csv" else None
+    csv_rows = CsvRows(["path", "source", "score", "threshold", "accepted", "reason"]) if fmt_out == "csv" else None
     bar = ImageProgress(f"verifying against '{source}'", count_images(paths))
     with bar:
         for d in attributor.results(paths):
@@ -111,9 +118,11 @@ def verify(
                 csv_rows.row(dict({k: v for k, v in row.items() if k != "provenance"},
                                   accepted=str(row["accepted"]).lower()))
             else:
-                rows.append((markup_path(d.path), fmt(d.scores[source]), fmt(d.thresholds[source]),
-                             "[green]yes[/green]" if row["accepted"] else "no", *([cell] if cell is not None else []),
-                             None))
+                verdict = "[green]yes[/green]" if row["accepted"] else "no"
+                if row["reason"]:
+                    verdict += f" [yellow]({escape(row['reason'])})[/yellow]"
+                rows.append((markup_path(d.path), fmt(d.scores[source]), fmt(d.thresholds[source]), verdict,
+                             *([cell] if cell is not None else []), None))
     summary("verify", bar.done - len(failures), len(failures), bar.seconds, outcome)
     if rows and fmt_out == "table":
         columns = ("image", "score", "threshold", "accepted", *(["provenance"] if inspector else []))
@@ -145,9 +154,11 @@ def attribute(
     """Name the source of each image among all enrolled sources, or 'unknown' when none accepts.
 
     lda sources (the default) are decided together by the registry's joint model: the nearest source is
-    named when its margin reaches its threshold and the image lies within the spread of its own held-out
-    images. Sources of other kinds accept when their score reaches their threshold (see `occ verify
-    --help`). Among accepting sources the highest score wins; scores (0..1) compare across sources.
+    named when its score reaches its threshold and the image lies within its range (the spread of its own
+    held-out images). Sources of other kinds accept when their score reaches their threshold (see `occ
+    verify --help`). Among accepting sources the highest score wins; scores (0..1) compare across
+    sources. A source whose score reaches its threshold and that does not accept is named with why
+    ("reason": "a: nearer to b", "a: outside a's range"; a note in the table).
     """
     from occ.attribution import Attributor, attribute_row, error_row
     from occ.sources import require_enrolled
@@ -220,8 +231,11 @@ def print_attribution_table(rows: list[dict], n_sources: int, provenance_cells: 
             cells.append((markup_path(row["path"]), "[red]error[/red]", "-", "-", *provenance, row["error"]))
             continue
         best = max(row["scores"].items(), key=lambda kv: kv[1])
+        accepted = ", ".join(row["accepted"]) or "-"
+        if row.get("reason"):
+            accepted += f" [yellow](not {escape(row['reason'])})[/yellow]"
         cells.append((markup_path(row["path"]), row["source"] or "[dim]unknown[/dim]", f"{best[0]} {fmt(best[1])}",
-                      ", ".join(row["accepted"]) or "-", *provenance, None))
+                      accepted, *provenance, None))
     columns = ("image", "source", "best score", "accepted by", *(["provenance"] if provenance_cells else []))
     print_table(f"attribution over {n_sources} source(s)", with_error_column(columns, cells), error_cells(cells))
 
@@ -241,10 +255,10 @@ def error_cells(rows: list[tuple]) -> list[tuple]:
 
 
 def attribute_csv_columns(sources) -> list[str]:
-    return ["path", "source", "accepted", *(f"score:{name}" for name in sources)]
+    return ["path", "source", "accepted", "reason", *(f"score:{name}" for name in sources)]
 
 
 def attribute_csv_row(row: dict) -> dict:
     """An ``attribute --json`` object as a CSV row (accepted sources joined by ';', best first)."""
     return {"path": row["path"], "source": row["source"] or "unknown", "accepted": ";".join(row["accepted"]),
-            **{f"score:{k}": v for k, v in row["scores"].items()}}
+            "reason": row["reason"], **{f"score:{k}": v for k, v in row["scores"].items()}}
