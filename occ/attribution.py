@@ -7,9 +7,10 @@ image is no farther from it than its own held-out images; otherwise the image is
 sources a verifier "accepts" only the image the joint model names it for, so ``verify --source S`` and
 ``attribute`` always agree. Sources of the other kinds (prompt tokens, probe) are scored by their own
 verifiers on the same shared trunk pass and accept where their score reaches their threshold. The
-named source is the accepted one with the highest score, or ``None`` ("unknown"). A source whose score
-alone reaches its threshold and that does not accept says why in :attr:`Decision.reasons`
-(:func:`occ.decisions.reason`).
+named source is the accepted one with the highest score, or ``None`` ("unknown"). What decides each
+source (its threshold, radius, the model it belongs to) is its :class:`occ.decisions.DecisionRecord`, in
+:attr:`Attributor.records`; a source whose score alone reaches its threshold and that does not accept
+says why in :attr:`Decision.reasons` (:func:`occ.decisions.reason`).
 
 The joint model reads only the CLS tokens, as numpy arrays: over images whose features are cached, a
 registry of ``lda`` sources is decided without importing torch (nor building those sources' heads:
@@ -135,6 +136,15 @@ class Attributor:
         self._own = [n for n in self.verifiers if n not in self._joint_names]  # scored by their own heads
         self.blocks = tuple(sorted({b for n in self._own for b in self.verifiers[n].kv_blocks(backbone)}))
 
+    @property
+    def records(self) -> dict[str, decisions.DecisionRecord]:
+        """What decides each source, now (:func:`occ.decisions.record`, the one rule): the joint model for
+        the sources it was fitted on (their verifiers are not loaded for it), else the source's verifier."""
+        from occ.openset import JOINT_KIND
+
+        return {n: decisions.record(n, JOINT_KIND, None, self.joint) if n in self._joint_names else
+                decisions.record(n, self.verifiers[n].kind, self.verifiers[n].calibration_) for n in self.verifiers}
+
     @classmethod
     def from_registry(cls, registry: Registry, backbone: Backbone, names: Sequence[str] | None = None,
                       on_skip: Callable[[str, OccError], None] | None = None, **kwargs) -> Attributor:
@@ -169,7 +179,7 @@ class Attributor:
 
             batch = TrunkBatch(trunk, self.backbone)  # per-batch work the verifiers share
             raw = {name: self.verifiers[name].decision_function(batch) for name in own}
-        calibrations = {name: self.verifiers[name].calibration_ for name in own}
+        calibrations = {name: record.calibration for name, record in self.records.items()}
         accepted = {name: calibrations[name].accept(raw[name]) for name in own}
         calibrated = {name: calibrations[name].probability(raw[name]) for name in own}
         reasons: list[dict[str, str]] = [{} for _ in paths]
@@ -178,7 +188,6 @@ class Attributor:
             for j, name in enumerate(joint.names):
                 if name in self._joint_names:
                     raw[name] = joint.raw[:, j].astype(np.float64)
-                    calibrations[name] = self.joint.calibrations_[name]
                     accepted[name] = joint.named == j
                     calibrated[name] = joint.scores[:, j]
                     reaches = calibrations[name].accept(raw[name])

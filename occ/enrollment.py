@@ -26,12 +26,13 @@ from dataclasses import dataclass, field
 
 from occ import __version__
 from occ.backbones.base import Backbone, Trunk
+from occ.decisions import for_source
 from occ.errors import ImageError, OccError, UsageError
 from occ.features import FeatureExtractor, Features
 from occ.negatives import bank_paths
 from occ.openset import BANK_KEY, RefitOptions
 from occ.registry import Registry, SourceRecord
-from occ.sources import decision_calibration, enrolled_on, is_weak
+from occ.sources import enrolled_on
 from occ.verifier import Verifier
 
 Progress = Callable[[str, int, int], None]
@@ -192,7 +193,7 @@ def enroll(
                                 refit=RefitOptions(backbone, extractor, progress))
     # What was stored, read back: the summary a caller shows describes this, not the request.
     stored = Verifier.from_saved(backbone, *registry.load(name), name)
-    weak = is_weak(decision_calibration(registry, name, registry.info(name).meta)[0])
+    weak = bool(for_source(registry, name).weak)
     return EnrollResult(record, stored, len(pos), counts, errors, time.perf_counter() - start, overlaps, weak)
 
 

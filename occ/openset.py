@@ -474,12 +474,3 @@ def after_change(registry, metas: Sequence[dict] | None, options: RefitOptions |
     fingerprints = {enrolled_on(m) for m in metas if m is not None and decided_jointly(m)} - {None}
     return sync(registry, fingerprints, options) if fingerprints else []
 
-
-
-def stored_calibration(registry, name: str):
-    """The calibration the joint model decides source ``name`` with, when the stored model of its backbone
-    matches the registry's current lda sources; else None (no backbone needed)."""
-    from occ.sources import enrolled_on
-
-    model = fresh_stored(registry, enrolled_on(registry.info(name).meta) or "")
-    return None if model is None else model.calibrations_.get(name)

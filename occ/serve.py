@@ -5,8 +5,10 @@ registry changes (a source enrolled, replaced or removed by another process: :me
 is compared on every request, which reads one small file per source). Endpoints:
 
 * ``GET /healthz``: ``{"status": "ok", "backbone": fingerprint, "sources": n}``;
-* ``GET /v1/sources``: one object per enrolled source (``name``, ``kind``, ``threshold``, ``n_target``;
-  ``name`` and ``error`` for a source that cannot be used);
+* ``GET /v1/sources``: one object per enrolled source: what decides it
+  (:meth:`occ.decisions.DecisionRecord.to_dict`: ``name``, ``kind``, ``decided_by``, ``joint_version``,
+  ``threshold``, ``threshold_raw``, ``heldout_tpr``, ``heldout_far``, ``far``, ``target_tpr``,
+  ``radius``, ``weak``) and ``n_target``; ``name`` and ``error`` for a source that cannot be used;
 * ``POST /v1/verify?source=NAME`` and ``POST /v1/attribute``: one or more images as multipart field
   ``image``; the answer is a JSON array with one object per image, in upload order, the same objects
   as ``occ verify/attribute --json`` (``path`` is the uploaded file name; ``reason`` says why an image
@@ -203,8 +205,8 @@ def create_app(service: Service, token: str | None = None) -> FastAPI:
         except OccError as exc:
             raise HTTPException(503, str(exc)) from None
         verifiers = attributor.verifiers if attributor else {}
-        rows = [{"name": n, "kind": v.kind, "threshold": round(v.threshold, 6), "n_target": v.n_pos_}
-                for n, v in verifiers.items()]
+        records = attributor.records if attributor else {}  # what decides each source, as `occ sources` says it
+        rows = [{**records[n].to_dict(), "n_target": v.n_pos_} for n, v in verifiers.items()]
         rows += [{"name": n, "error": reason} for n, reason in skipped.items()]
         return sorted(rows, key=lambda r: r["name"])
 

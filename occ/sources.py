@@ -1,6 +1,7 @@
-"""Enrolled sources as the commands see them: which backbone they need, what is stored about each one,
-and threshold changes. The store (:mod:`occ.registry`) keeps the files; this module reads the keys of a
-source's ``verifier.json`` that enrollment wrote (:mod:`occ.enrollment`), so the CLI holds no such logic.
+"""Enrolled sources as the commands see them: which backbone they need, what is stored about each one
+(with what decides it, :mod:`occ.decisions`), threshold changes and exports. The store
+(:mod:`occ.registry`) keeps the files; this module reads the keys of a source's ``verifier.json`` that
+enrollment wrote (:mod:`occ.enrollment`), so the CLI holds no such logic.
 """
 
 from __future__ import annotations
@@ -73,44 +74,41 @@ def sources_backbone_spec(registry, names: Sequence[str] | None = None) -> str |
     return specs.pop() if specs else None
 
 
-def decision_calibration(registry, name: str, meta: dict) -> tuple[Calibration, str]:
-    """The calibration that decides source ``name`` and where it comes from: for an lda source the
-    registry's joint model (when stored and up to date), else the source's own fit."""
-    if meta.get("kind") == "lda":
-        from occ.openset import stored_calibration
-
-        cal = stored_calibration(registry, name)
-        if cal is not None:
-            return cal, "joint model"
-        return Calibration.from_dict(meta["calibration"]), "own fit (the joint model is not stored: occ refit)"
-    return Calibration.from_dict(meta["calibration"]), "own fit"
-
-
 def is_weak(cal: Calibration) -> bool:
     """Whether the source ``cal`` decides accepts less than :data:`WEAK_TPR` of its held-out images."""
     return cal.tpr < WEAK_TPR
 
 
-def listing(registry, name: str, meta: dict) -> dict:
-    """One row of ``occ sources``: kind, images, threshold and held-out rates, whether it is weak
-    (:func:`is_weak`, read from the calibration that decides it now), backbone, creation time."""
-    cal, _ = decision_calibration(registry, name, meta)
-    return {"kind": meta.get("kind", "?"), "images": meta.get("n_target", "?"), "threshold": cal.calibrated_threshold,
-            "heldout_tpr": cal.tpr, "heldout_far": cal.achieved_far, "weak": is_weak(cal),
-            "backbone": (meta.get("backbone") or {}).get("spec") or "?", "created": meta.get("created", "?")}
+def listing(record, meta: dict) -> dict:
+    """One row of ``occ sources``: what decides the source (its :class:`occ.decisions.DecisionRecord`:
+    threshold, held-out rates, whether it is weak, radius, the model), images, backbone, creation time."""
+    out = {k: v for k, v in record.to_dict().items() if k != "name"}
+    out.update(images=meta.get("n_target", "?"), backbone=(meta.get("backbone") or {}).get("spec") or "?",
+               created=meta.get("created", "?"))
+    return out
 
 
-def details(registry, name: str, meta: dict) -> dict:
-    """Everything stored about one source, the calibration that decides it summarised (``occ sources show``)."""
-    cal, origin = decision_calibration(registry, name, meta)
+def details(record, meta: dict) -> dict:
+    """Everything stored about one source (``occ sources show``), with what decides it (``"decision"``: its
+    :class:`occ.decisions.DecisionRecord`, and the held-out figures of that calibration) in place of the
+    calibration of its own fit, which decides an lda source nothing."""
     summary = {k: v for k, v in meta.items() if k not in _NOT_SHOWN}
-    summary["calibration"] = {"far": cal.far, "target_tpr": cal.target_tpr,
-                              "threshold_calibrated": cal.calibrated_threshold, "threshold_raw": cal.threshold,
-                              "heldout_tpr": cal.tpr, "heldout_far": cal.achieved_far, "heldout_auc": cal.auc,
-                              "heldout_target": len(cal.pos_scores), "heldout_nontarget": len(cal.neg_scores),
-                              "weak": is_weak(cal), "from": origin}
+    summary["decision"] = record.to_dict()
+    cal = record.calibration
+    if cal is not None:
+        summary["decision"].update(heldout_auc=round(cal.auc, 6), heldout_target=len(cal.pos_scores),
+                                   heldout_nontarget=len(cal.neg_scores))
     summary["training_images_sha256"] = meta.get("training_images", [])
     return summary
+
+
+def export(registry, name: str, dest, *, replace: bool = False):
+    """Export source ``name`` (:meth:`occ.registry.Registry.export`), the archive recording what decides it
+    in this registry; returns (path, its :class:`occ.decisions.DecisionRecord`)."""
+    from occ.decisions import for_source
+
+    record = for_source(registry, name)
+    return registry.export(name, dest, replace=replace, decision=record.to_dict()), record
 
 
 def set_threshold(registry, name: str, far: float | None = None, target_tpr: float | None = None, *,
@@ -120,7 +118,8 @@ def set_threshold(registry, name: str, far: float | None = None, target_tpr: flo
     ``lda`` source in the joint model that decides it: re-chosen in the stored model from its held-out
     scores (:func:`occ.openset.rethreshold`, no backbone needed), or, when the stored model did not match
     the registry, refitted (:func:`occ.openset.sync`, with ``refit``: :class:`occ.openset.RefitOptions`).
-    Returns the updated verifier."""
+    Returns what decides the source now, read back (:class:`occ.decisions.DecisionRecord`)."""
+    from occ.decisions import for_source
     from occ.openset import after_change, rethreshold
     from occ.verifier import Verifier
 
@@ -133,4 +132,4 @@ def set_threshold(registry, name: str, far: float | None = None, target_tpr: flo
     if verifier.config.head_class.stores_evidence:
         rethreshold(registry, name, far, target_tpr, version)
     after_change(registry, [record.meta], refit)  # nothing to do when the stored model now matches
-    return verifier
+    return for_source(registry, name)

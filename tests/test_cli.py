@@ -244,17 +244,17 @@ def test_sources_list_show_set_threshold_remove(w, tmp_path) -> None:
     assert shown.code == 0, shown
     info = json.loads(shown.stdout)
     assert info["name"] == "a" and info["kind"] == "lda"
-    assert info["calibration"]["far"] == 0.05
+    assert info["decision"]["far"] == 0.05 and info["decision"]["decided_by"] == "joint"
     assert len(info["training_images_sha256"]) == 8
 
     before = invoke("verify", w.a_test, "--source", "a", "--registry", reg, "--json").json()
     run = invoke("sources", "set-threshold", "a", "--far", "0.5", "--tpr", "1.0", "--registry", reg)
     assert run.code == 0 and len(run.err_lines) == 1 and "FAR <= 0.5" in run.stderr, run
     info = json.loads(invoke("sources", "show", "a", "--registry", reg).stdout)
-    assert info["calibration"]["far"] == 0.5 and info["calibration"]["target_tpr"] == 1.0
+    assert info["decision"]["far"] == 0.5 and info["decision"]["target_tpr"] == 1.0
     after = invoke("verify", w.a_test, "--source", "a", "--registry", reg, "--json").json()
     assert [r["score"] for r in after] == [r["score"] for r in before]  # no retraining
-    assert {r["threshold"] for r in after} == {info["calibration"]["threshold_calibrated"].__round__(6)}
+    assert {r["threshold"] for r in after} == {info["decision"]["threshold"]}
     assert after[0]["threshold"] <= before[0]["threshold"]
 
     run = invoke("sources", "remove", "a", "--yes", "--registry", reg)

@@ -52,7 +52,7 @@ def test_defaults_on_a_tower_with_text(default) -> None:
     run, meta = default
     assert meta["kind"] == "lda" and meta["template"] is None and meta["views"] == 2
     assert meta["settings"]["seed"] == 0
-    assert (meta["calibration"]["far"], meta["calibration"]["target_tpr"]) == (0.05, 0.9)
+    assert (meta["decision"]["far"], meta["decision"]["target_tpr"]) == (0.05, 0.9)
     assert "default bank" in meta["negatives"]
     line = summary_line(run, "verifier")
     assert "shared-covariance discriminant" in line and "steps" not in line
@@ -87,8 +87,8 @@ def test_prompt_defaults_on_a_tower_with_text(w, tmp_path) -> None:
     (["--method", "prompt", "--steps", "7"], lambda m: m["settings"]["steps"] == 7, "7 steps"),
     (["--views", "1"], lambda m: m["views"] == 1, "1 laundered copy each"),
     (["--seed", "3"], lambda m: m["settings"]["seed"] == 3, "seed 3"),
-    (["--far", "0.2"], lambda m: m["calibration"]["far"] == 0.2, "FAR <= 0.2,"),
-    (["--tpr", "0.5"], lambda m: m["calibration"]["target_tpr"] == 0.5, "TPR <= 0.5"),
+    (["--far", "0.2"], lambda m: m["decision"]["far"] == 0.2, "FAR <= 0.2,"),
+    (["--tpr", "0.5"], lambda m: m["decision"]["target_tpr"] == 0.5, "TPR <= 0.5"),
 ])
 def test_each_option_changes_what_is_stored(w, tmp_path, default, option, check, summary) -> None:
     _, baseline = default
@@ -146,10 +146,10 @@ def test_set_threshold_changes_only_the_threshold(w, tmp_path) -> None:
     run = invoke("sources", "set-threshold", "a", "--far", "0.3", "--registry", reg)
     assert run.code == 0, run
     after = stored(reg, "a")
-    assert after["calibration"]["far"] == 0.3 and before["calibration"]["far"] == 0.05
-    assert after["calibration"]["heldout_far"] >= before["calibration"]["heldout_far"]
-    assert {k: v for k, v in after.items() if k != "calibration"} == {k: v for k, v in before.items()
-                                                                       if k != "calibration"}
+    assert after["decision"]["far"] == 0.3 and before["decision"]["far"] == 0.05
+    assert after["decision"]["heldout_far"] >= before["decision"]["heldout_far"]
+    assert {k: v for k, v in after.items() if k != "decision"} == {k: v for k, v in before.items()
+                                                                    if k != "decision"}
     assert invoke("verify", w.a_test, "--source", "a", "--registry", reg, "--json").code == 0
 
 
@@ -258,14 +258,15 @@ def test_a_weak_source_is_stored_warned_about_and_flagged(w, tmp_path, default) 
     assert run.code == 0, run
     listed = sources_json(reg)
     tpr = listed["w"]["heldout_tpr"]
-    assert tpr < 0.5 and stored(reg, "w")["calibration"]["weak"] is True
+    assert tpr < 0.5 and stored(reg, "w")["decision"]["weak"] is True
     warned = [line for line in run.err_lines if "is weak" in line]
     assert warned == [f"warning: source 'w' is weak: it accepts {tpr:.3f} of its own held-out images at its "
                       "threshold, below 0.5; stored, and marked weak in `occ sources` (enroll more, or more typical, "
                       "images)"], run
     assert set(listed) == {"a", "b", "w"} and listed["w"]["weak"] is True and listed["w"]["images"] == 8
     for row in listed.values():  # (a and b were refitted beside w: each is flagged by its own held-out TPR)
-        assert set(row) == {"kind", "images", "threshold", "heldout_tpr", "heldout_far", "weak", "backbone", "created"}
+        assert set(row) == {"kind", "images", "threshold", "heldout_tpr", "heldout_far", "weak", "backbone", "created",
+                            "decided_by", "joint_version", "threshold_raw", "far", "target_tpr", "radius"}
         assert row["weak"] is (row["heldout_tpr"] < 0.5), row
     assert quality_column(reg) == {n: "weak" if r["weak"] else "ok" for n, r in listed.items()}
 

@@ -104,22 +104,26 @@ def enroll(
                            use_bank=not no_bank, replace=replace, backbone_spec=spec,
                            on_error=lambda e: (errors.append(e), report_file_error(e, False)),
                            progress=on_progress, force=force, allow_overlap=allow_overlap)
-    # Everything below is read back from the stored verifier, not from the options.
-    from occ.sources import decision_calibration
+    # Everything below is read back from the stored verifier and what decides it, not from the options.
+    from occ.decisions import for_source
 
     stored = result.verifier
-    cal, origin = decision_calibration(reg, name, reg.info(name).meta)
+    decides = for_source(reg, name)
+    cal = decides.calibration
     rows = [
         ("target images used", str(result.n_target) + (f" ({len(errors)} unreadable)" if errors else "")),
         ("non-target images", ", ".join(f"{k}: {v}" for k, v in result.negatives.items())),
         ("verifier", stored.describe()),
-        ("threshold", f"{fmt(cal.calibrated_threshold)} (score, {origin}): held-out FAR <= {cal.far:g}, "
-                      f"TPR <= {cal.target_tpr:g}"),
-        ("held-out (cross-validation)", f"TPR {fmt(cal.tpr)}, FAR {fmt(cal.achieved_far)}, AUC {fmt(cal.auc)} on "
-                                        f"{len(cal.pos_scores)} target / {len(cal.neg_scores)} non-target rows"),
+        ("threshold", "unknown: the joint model is not stored (run `occ refit`)" if cal is None else
+         f"{fmt(cal.calibrated_threshold)} (score; decided by {decides.describe()}): held-out FAR <= {cal.far:g}, "
+         f"TPR <= {cal.target_tpr:g}"),
         ("time", f"{result.seconds:.1f} s on {n_threads} thread(s), {bb.device}"),
         ("registry", markup_path(reg.root)),
     ]
+    if cal is not None:
+        rows.insert(4, ("held-out (cross-validation)", f"TPR {fmt(cal.tpr)}, FAR {fmt(cal.achieved_far)}, AUC "
+                                                       f"{fmt(cal.auc)} on {len(cal.pos_scores)} target / "
+                                                       f"{len(cal.neg_scores)} non-target rows"))
     if stored.evidence_:
         rows.insert(3, ("training views", f"{len(stored.evidence_['evidence.ids'])} rows from {result.n_target} "
                                           f"images ({stored.config.views} laundered cop"
@@ -134,12 +138,12 @@ def enroll(
 
 def enrollment_warnings(result, cal) -> list[str]:
     """What a user must know about an enrollment before trusting it, read from what was fitted (``cal``:
-    the calibration that decides the source)."""
+    the calibration that decides the source, None when unknown)."""
     from occ.enrollment import MIN_HELDOUT, MIN_SHOTS
     from occ.sources import WEAK_TPR, is_weak
 
     out = []
-    if is_weak(cal):
+    if cal is not None and is_weak(cal):
         out.append(f"source '{result.record.name}' is weak: it accepts {fmt(cal.tpr)} of its own held-out images at "
                    f"its threshold, below {WEAK_TPR:g}; stored, and marked weak in `occ sources` (enroll more, or "
                    "more typical, images)")

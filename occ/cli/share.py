@@ -16,9 +16,16 @@ def export_cmd(name: Annotated[str, typer.Argument(help="The source to export.")
                                                     "NAME.occ.zip into.")],
                replace: Annotated[bool, typer.Option("--replace", help="Overwrite an existing file.")] = False,
                registry: RegistryOpt = None) -> None:
-    """Write one source to a single file that `occ import` checks before it writes anything."""
-    path = open_registry(registry).export(name, file, replace=replace)
-    err.print(f"exported '{name}' to {markup_path(path)}", markup=True)
+    """Write one source to a single file that `occ import` checks before it writes anything. The file
+    records what decides the source here; imported elsewhere, an lda source is decided by that registry's
+    joint model."""
+    from rich.markup import escape
+
+    from occ.sources import export
+
+    path, record = export(open_registry(registry), name, file, replace=replace)
+    decided = "" if record.threshold is None else f" (threshold {record.threshold:.3f}, decided by {record.describe()})"
+    err.print(f"exported '{name}' to {markup_path(path)}{escape(decided)}", markup=True)
 
 
 @handle_errors

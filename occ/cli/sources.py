@@ -23,24 +23,32 @@ from occ.cli.common import (
     stage_progress,
     warn,
 )
-from occ.errors import OccError, UsageError, one_line
+from occ.errors import OccError, RegistryError, UsageError, one_line
 from occ.paths import display_path
 
 sources_app = typer.Typer(help="List, show and remove enrolled sources.", no_args_is_help=False, **TYPER_SETTINGS)
 
 NameArg = Annotated[str, typer.Argument(help="Name of an enrolled source.")]
-_RATES = ("threshold", "heldout_tpr", "heldout_far")
+COLUMNS = ("name", "kind", "images", "threshold", "held-out TPR", "held-out FAR", "decided by", "quality", "backbone",
+           "created")
+
+
+def _cell(x) -> str:
+    return "?" if x is None else fmt(x)
 
 
 @sources_app.callback(invoke_without_command=True)
 @handle_errors
 def sources(ctx: typer.Context, registry: RegistryOpt = None,
             as_json: Annotated[bool, json_option("one JSON object per source")] = False) -> None:
-    """Table of enrolled sources. A source marked weak accepts less than half of its own held-out images
-    at its threshold (held-out TPR below 0.5): it names few of its images; enroll more, or more typical,
-    images."""
+    """Table of enrolled sources and what decides each one (occ.decisions): its threshold and held-out
+    rates in the model that decides it (the registry's joint model for lda sources, with its version; the
+    source's own verifier for the other kinds). A source marked weak accepts less than half of its own
+    held-out images at its threshold (held-out TPR below 0.5): it names few of its images; enroll more,
+    or more typical, images."""
     from rich.markup import escape
 
+    from occ.decisions import JOINT, for_registry
     from occ.sources import listing
 
     if ctx.invoked_subcommand is not None:
@@ -50,26 +58,34 @@ def sources(ctx: typer.Context, registry: RegistryOpt = None,
     if not names:
         err.print(f"no sources enrolled in {markup_path(reg.root)}", markup=True)
         return
-    rows, broken = [], []
-    for name in names:
+    rows, broken, unknown = [], [], []
+    for name, record in for_registry(reg, names).items():
         try:
-            row = listing(reg, name, reg.info(name).meta)
+            if isinstance(record, OccError):
+                raise record
+            row = listing(record, reg.info(name).meta)
         except OccError as exc:
             broken.append(exc)  # the reason goes to stderr on one line: a table cell would cut it up
             if as_json:
                 print(json.dumps({"name": name, "error": one_line(exc)}), flush=True)
-            rows.append((name, "[red]unusable[/red]", "", "", "", "", "", "", ""))
+            rows.append((name, "[red]unusable[/red]", *[""] * (len(COLUMNS) - 2)))
             continue
+        if not record.known:
+            unknown.append(name)
         if as_json:
-            print(json.dumps({"name": name, **row, **{k: round(row[k], 6) for k in _RATES}}), flush=True)
-        rows.append((name, escape(str(row["kind"])), str(row["images"]), fmt(row["threshold"]), fmt(row["heldout_tpr"]),
-                     fmt(row["heldout_far"]), "[yellow]weak[/yellow]" if row["weak"] else "ok",
+            print(json.dumps({"name": name, **row}), flush=True)
+        decided = "own" if row["decided_by"] != JOINT else f"joint {row['joint_version'] or '(not stored)'}"
+        quality = "?" if row["weak"] is None else "[yellow]weak[/yellow]" if row["weak"] else "ok"
+        rows.append((name, escape(str(row["kind"])), str(row["images"]), _cell(row["threshold"]),
+                     _cell(row["heldout_tpr"]), _cell(row["heldout_far"]), decided, quality,
                      markup_path(row["backbone"]), escape(str(row["created"]))))
     if not as_json:  # (with --json, an unusable source's reason is its JSON object's "error")
-        print_table(f"sources in {markup_path(reg.root)}", ("name", "kind", "images", "threshold", "held-out TPR",
-                                                            "held-out FAR", "quality", "backbone", "created"), rows)
+        print_table(f"sources in {markup_path(reg.root)}", COLUMNS, rows)
         for exc in broken:
             err.print(f"[red]unusable:[/red] {markup_line(exc)}", markup=True)
+    if unknown:
+        warn(f"the registry's stored joint model was not fitted on exactly its readable sources (an interrupted "
+             f"change, or a damaged source): what decides {', '.join(unknown)} is known after `occ refit`")
     if broken:
         raise typer.Exit(1)
 
@@ -77,11 +93,13 @@ def sources(ctx: typer.Context, registry: RegistryOpt = None,
 @sources_app.command("show")
 @handle_errors
 def sources_show(name: NameArg, registry: RegistryOpt = None) -> None:
-    """Everything stored about one source (settings, calibration, provenance), as JSON on stdout."""
+    """Everything stored about one source (settings, provenance), and what decides it ("decision": its
+    threshold, held-out rates and radius in the model that decides it, and that model), as JSON on stdout."""
+    from occ.decisions import for_source
     from occ.sources import details
 
     reg = open_registry(registry)
-    out.print_json(json.dumps(details(reg, name, reg.info(name).meta)))
+    out.print_json(json.dumps(details(for_source(reg, name), reg.info(name).meta)))
 
 
 @sources_app.command("remove")
@@ -114,16 +132,22 @@ def sources_set_threshold(
     registry: RegistryOpt = None,
 ) -> None:
     """Re-choose a source's threshold from its stored held-out scores (no retraining): the stricter of
-    the two rules --far and --tpr; a rule not given keeps its stored value."""
+    the two rules --far and --tpr; a rule not given keeps its stored value. For an lda source the
+    threshold that changes is the registry's joint model's; what decides the source is read back and
+    printed."""
     from occ.cli.refit import refit_options
-    from occ.sources import WEAK_TPR, decision_calibration, is_weak, set_threshold
+    from occ.sources import WEAK_TPR, set_threshold
 
     reg = open_registry(registry)
     with stage_progress("refit: {stage}") as on_progress:
-        cal = set_threshold(reg, name, far, tpr, refit=refit_options(on_progress)).calibration_
-    err.print(f"'{name}': threshold {fmt(cal.calibrated_threshold)} (FAR <= {cal.far:g}, TPR <= {cal.target_tpr:g}): "
-              f"held-out TPR {fmt(cal.tpr)}, FAR {fmt(cal.achieved_far)}", markup=False)
-    decides, _ = decision_calibration(reg, name, reg.info(name).meta)
-    if is_weak(decides):
-        warn(f"source '{name}' is weak: it accepts {fmt(decides.tpr)} of its own held-out images at its new "
+        record = set_threshold(reg, name, far, tpr, refit=refit_options(on_progress))
+    cal = record.calibration
+    if cal is None:
+        raise RegistryError(f"source '{name}': the new rules are stored, but the joint model that decides it is not "
+                            "(run `occ refit`)")
+    err.print(f"'{name}': threshold {fmt(cal.calibrated_threshold)} (raw {cal.threshold:.4g}; FAR <= {cal.far:g}, "
+              f"TPR <= {cal.target_tpr:g}; decided by {record.describe()}): held-out TPR {fmt(cal.tpr)}, FAR "
+              f"{fmt(cal.achieved_far)}", markup=False)
+    if record.weak:
+        warn(f"source '{name}' is weak: it accepts {fmt(cal.tpr)} of its own held-out images at its new "
              f"threshold, below {WEAK_TPR:g}; marked weak in `occ sources`")

@@ -37,13 +37,14 @@ def condition(name, perturbation, sources, attributor, unknown, labels, scores, 
     labels_arr = np.asarray(labels, dtype=object)
     folder_names = list(dict.fromkeys(labels))
     per_source = {}
+    records = attributor.records  # what decides each source (occ.decisions)
     for j, s in enumerate(sources):
         is_pos = labels_arr == s
         pos, neg = raw[is_pos, j], raw[~is_pos, j]
         n_pos, n_neg = int(is_pos.sum()), int((~is_pos).sum())
         n_pos_acc, n_neg_acc = int(accepted[is_pos, j].sum()), int(accepted[~is_pos, j].sum())
         entry = {
-            "threshold": float(attributor.verifiers[s].threshold),
+            "threshold": records[s].threshold,
             "n_pos": n_pos,
             "n_neg": n_neg,
             "auc": None,

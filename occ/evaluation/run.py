@@ -187,6 +187,7 @@ def evaluate(
     for info in labels_info:
         info["n_images"] = n_images.get(info["name"], 0)
 
+    records = attributor.records
     report = {
         "format": REPORT_FORMAT,
         "version": REPORT_VERSION,
@@ -194,9 +195,9 @@ def evaluate(
         "root": str(Path(root).absolute()),
         "registry": str(registry.root),
         "backbone": {"model_id": backbone.model_id, "engine": backbone.engine, "fingerprint": backbone.fingerprint},
-        "sources": [{"name": s, "threshold": float(attributor.verifiers[s].threshold),
-                     "far_target": float(attributor.verifiers[s].calibration_.far),
-                     "tpr_target": float(attributor.verifiers[s].calibration_.target_tpr),
+        # what decides each source (occ.decisions), as every other command says it
+        "sources": [{"name": s, "threshold": records[s].threshold, "far_target": records[s].calibration.far,
+                     "tpr_target": records[s].calibration.target_tpr, "decision": records[s].to_dict(),
                      "has_folder": s in files} for s in sources],
         "unknown_label": unknown,
         "labels": labels_info,

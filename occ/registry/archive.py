@@ -229,10 +229,14 @@ def _read_export_members(archive: zipfile.ZipFile, src: Path) -> tuple[str, dict
     return exported_name, record, tensor_bytes
 
 
-def write_export(target: Path, name: str, meta_bytes: bytes, tensor_bytes: bytes) -> None:
+def write_export(target: Path, name: str, meta_bytes: bytes, tensor_bytes: bytes,
+                 decision: dict[str, Any] | None = None) -> None:
     """Write the export archive of source ``name`` to ``target`` (atomically: a temporary file, fsynced,
-    then renamed). Members are stored uncompressed, byte for byte, so the checksums travel with them."""
+    then renamed). Members are stored uncompressed, byte for byte, so the checksums travel with them.
+    ``decision`` (what decided the source where it was exported) goes into the manifest as it is."""
     manifest = {"format": EXPORT_FORMAT, "format_version": EXPORT_FORMAT_VERSION, "name": name}
+    if decision is not None:
+        manifest["decision"] = dict(decision)
     members = [
         (EXPORT_MANIFEST, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()),
         (META_FILE, meta_bytes),

@@ -339,13 +339,16 @@ class Registry:
             ) from None
         self._changed(name, "removed", None if before is None else [before], refit)
 
-    def export(self, name: str, dest: str | os.PathLike[str], *, replace: bool = False) -> Path:
+    def export(self, name: str, dest: str | os.PathLike[str], *, replace: bool = False,
+               decision: Mapping[str, Any] | None = None) -> Path:
         """Write source ``name`` to one zip file and return its path.
 
         ``dest`` is a file path, or an existing folder to write ``<name>.occ.zip`` into. An existing file
         is refused unless ``replace`` is true. The archive holds ``occ-export.json``, ``verifier.json`` and
         ``verifier.safetensors`` (stored uncompressed, byte for byte as in the registry, so the checksums
-        travel with it).
+        travel with it). ``decision``: what decided the source in this registry
+        (:meth:`occ.decisions.DecisionRecord.to_dict`, see :func:`occ.sources.export`), recorded in
+        ``occ-export.json`` for whoever reads the archive; an import does not use it.
         """
         read = self._read(name, with_tensors=True)
         target = Path(dest)
@@ -353,7 +356,7 @@ class Registry:
             target = target / f"{name}{EXPORT_SUFFIX}"
         if os.path.lexists(target) and not replace:
             raise usage_error(f"{target} already exists; use --replace to overwrite it")
-        write_export(target, name, read.meta_bytes, read.tensor_bytes)
+        write_export(target, name, read.meta_bytes, read.tensor_bytes, decision)
         return target
 
     def import_file(
