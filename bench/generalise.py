@@ -137,14 +137,19 @@ def _signature(path) -> np.ndarray:
     return a / (np.linalg.norm(a) + 1e-9)
 
 
-def bank_copies(data, labels, threshold=0.98) -> set[str]:
+def bank_copies(labels, threshold=0.98) -> set[str]:
     """Devset photos (of ``labels``) that are copies of a shipped bank image (the bank re-encodes some of
     scikit-image's sample photos, which the devset's real-skimage set also holds): not "unlike the bank",
-    so the protocol leaves them out of the photos it reports."""
+    so the protocol leaves them out of the photos it reports. Compared on the devset's own files, and
+    returned as those files and as their normalised copies (whose cropped bottom hides the likeness)."""
     from occ.negatives import bank_paths
 
     bank = np.stack([_signature(p) for p in bank_paths()])
-    return {str(p) for lab in labels for p, _ in data.get(lab, []) if float((bank @ _signature(p)).max()) > threshold}
+    out = set()
+    for row in csv.DictReader(open(DEVSET / "manifest.csv")):
+        if row["label"] in labels and float((bank @ _signature(DEVSET / row["path"])).max()) > threshold:
+            out |= {str(DEVSET / row["path"]), str(NORM / row["label"] / (Path(row["path"]).stem + ".png"))}
+    return out
 
 
 def split(items, rng, k):
@@ -621,10 +626,9 @@ def main():
     data = normalise_devset()
     photo_labels = sorted({lab for c in CONTENT.values() for lab in c["real"]} | {lab for f in FOLDS.values()
                                                                                  for lab in f["real"]})
-    EXCLUDED.update(bank_copies(data, photo_labels))
+    EXCLUDED.update(bank_copies(photo_labels))
     if "native" in args.protocol:
         native = native_devset(CONTENT["t2icmp"]["generators"] + CONTENT["t2icmp"]["real"])
-        EXCLUDED.update(bank_copies(native, CONTENT["t2icmp"]["real"]))
     backbone = load_backbone(None)
     extractor = FeatureExtractor(backbone)
     report = {"protocol": __doc__, "args": vars(args) | {"out": str(args.out)}, "rotations": [],
