@@ -79,8 +79,12 @@ def start_enroll(w, reg: Path, name: str, stop_at: str | None, log: Path) -> sub
     images = w.b_train if name != "a" else w.a_train
     args = clikit.enroll_args(name, images, reg, w.backbone, "--replace", "--seed", "1")
     argv = [sys.executable, "-c", clikit.FAULT_CHILD, stop_at, *map(str, args)] if stop_at else clikit.occ_argv(*args)
+    # a child killed inside enroll leaves its verifier staging folder: in this test's folder, not /tmp
+    tmp = log.parent / "tmp"
+    tmp.mkdir(exist_ok=True)
     with open(log, "w") as handle:
-        return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=handle, env=clikit.subprocess_env())
+        return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=handle,
+                                env=clikit.subprocess_env(TMPDIR=str(tmp)))
 
 
 @pytest.mark.slow
