@@ -179,6 +179,18 @@ DISCRIMINATIVE = (None, 1.0, 0.1)  # occ.joint point 3: the discriminant's margi
 LOW_WEIGHTS = (None, 0.3, 1.0)  # the low-level stream's weight (occ.openset.JointSettings): off, 0.3, 1
 
 
+def _shots_from(items, prompts, n, used: set) -> list:
+    """Up to ``n`` images of ``items`` ((path, prompt) pairs), taken prompt by prompt in ``prompts``
+    order; every prompt a shot came from is added to ``used``."""
+    picked = []
+    for g in prompts:
+        if len(picked) >= n:
+            break
+        used.add(g)
+        picked += [p for p, gg in items if gg == g][: n - len(picked)]
+    return picked
+
+
 def content_draw(data, group, seed, shots_n, few=False):
     """A content-matched draw (see the module doc): three of the group's generators enrolled, the
     fourth unknown; shots from prompts shared by every enrolled source ("many") or from each source's
@@ -190,29 +202,16 @@ def content_draw(data, group, seed, shots_n, few=False):
     shots, used = {}, set()
     if few:
         for s in known:
-            sizes = {}
+            sizes: dict[str, int] = {}
             for _, g in data[s]:
                 sizes[g] = sizes.get(g, 0) + 1
-            order = sorted(sizes, key=lambda g, r=rng.random(len(sizes)), i={g: j for j, g in enumerate(sizes)}:
-                           (-sizes[g], r[i[g]]))
-            picked = []
-            for g in order:
-                if len(picked) >= shots_n:
-                    break
-                used.add(g)
-                picked += [p for p, gg in data[s] if gg == g][: shots_n - len(picked)]
-            shots[s] = picked
+            tie = dict(zip(sizes, rng.random(len(sizes))))  # equal sizes in random order
+            shots[s] = _shots_from(data[s], sorted(sizes, key=lambda g: (-sizes[g], tie[g])), shots_n, used)
     else:
         common = sorted(set.intersection(*({g for _, g in data[s]} for s in known)))
         prompts = rng.permutation(common).tolist()
         for s in known:
-            picked = []
-            for g in prompts:
-                if len(picked) >= shots_n:
-                    break
-                used.add(g)
-                picked += [p for p, gg in data[s] if gg == g][: shots_n - len(picked)]
-            shots[s] = picked
+            shots[s] = _shots_from(data[s], prompts, shots_n, used)
     tests = {s: [p for p, g in data[s] if g not in used] for s in known}
     real_kind = {str(p): lab for lab in CONTENT[group]["real"] for p, _ in data[lab] if str(p) not in EXCLUDED}
     return {"known": known, "order": rng.permutation(known).tolist(), "shots": shots, "tests": tests,
