@@ -9,7 +9,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +28,7 @@ from occ.images import (
     iter_paths,
     load_image,
 )
-from occ.testing import imagegen
+from occ.testing import imagegen, traced_peak
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -319,12 +318,7 @@ def test_oversized_file_refused_without_reading(tmp_path):
     with open(path, "wb") as handle:  # sparse: takes no disk space
         handle.write(imagegen.PNG_SIGNATURE)
         handle.truncate(MAX_FILE_BYTES + 1)
-    tracemalloc.start()
-    try:
-        error = refused(path)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    error, peak = traced_peak(lambda: refused(path))
     assert error.reason == f"file too large ({MAX_FILE_BYTES + 1} bytes; the limit is {MAX_FILE_BYTES} bytes)"
     assert peak < 5 * 2**20
 
@@ -381,12 +375,7 @@ BOMBS = {
 def test_decompression_bomb_refused_in_bounded_memory(tmp_path, name):
     ext, make, (width, height) = BOMBS[name]
     path = write(tmp_path / f"big{ext}", make())
-    tracemalloc.start()
-    try:
-        error = refused(path)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    error, peak = traced_peak(lambda: refused(path))
     assert error.reason == (
         f"declared size {width}x{height} exceeds the 89478485-pixel limit (possible decompression bomb)"
     )

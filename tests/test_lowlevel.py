@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,7 @@ from occ.evidence import LaunderedView
 from occ.features import LOW_KEY, FeatureExtractor
 from occ.joint import ClassRows, JointModel, Stream
 from occ.lowlevel import DIMS, WINDOW, centre_window, lowlevel_features
+from occ.testing import traced_peak
 
 
 def _photo(seed: int, size=(300, 260)) -> Image.Image:
@@ -52,12 +52,7 @@ def test_upsampling_artefacts_separate_from_photo_like_noise():
 
 def test_a_very_wide_image_reads_only_its_centre_window():
     wide = Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 20000, 3), dtype=np.uint8))
-    tracemalloc.start()
-    try:
-        features = lowlevel_features(wide)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    features, peak = traced_peak(lambda: lowlevel_features(wide))
     assert peak < 40 * 2 ** 20, peak  # the whole image as float64 would be 144 MB
     w, h = wide.size
     x = (w - WINDOW) // 2
