@@ -32,6 +32,7 @@ from occ.backbones.base import Backbone, Trunk
 from occ.errors import ImageError, OccError, RegistryError, UsageError
 from occ.features import FeatureExtractor
 from occ.images import ImageFile, iter_paths, read_image_file
+from occ.openset import JOINT_KIND, joint_for
 from occ.paths import display_path
 from occ.registry import Registry
 from occ.sources import require_enrolled
@@ -59,6 +60,7 @@ class Decision:
 
 def load_verifier(registry: Registry, backbone: Backbone, name: str) -> Verifier:
     """The verifier of source ``name``, checked against ``backbone``."""
+    # deferred: loads torch, which occ --help, occ sources and cached scoring never import
     from occ.verifier import Verifier
 
     return Verifier.from_saved(backbone, *registry.load(name), name)
@@ -140,8 +142,6 @@ class Attributor:
     def records(self) -> dict[str, decisions.DecisionRecord]:
         """What decides each source, now (:func:`occ.decisions.record`, the one rule): the joint model for
         the sources it was fitted on (their verifiers are not loaded for it), else the source's verifier."""
-        from occ.openset import JOINT_KIND
-
         return {n: decisions.record(n, JOINT_KIND, None, self.joint) if n in self._joint_names else
                 decisions.record(n, self.verifiers[n].kind, self.verifiers[n].calibration_) for n in self.verifiers}
 
@@ -150,8 +150,6 @@ class Attributor:
                       on_skip: Callable[[str, OccError], None] | None = None, **kwargs) -> Attributor:
         if names is None:
             require_enrolled(registry)
-        from occ.openset import joint_for
-
         names = list(registry.names() if names is None else names)
         kwargs.setdefault("extractor", FeatureExtractor(backbone))
         joint = None
@@ -175,6 +173,7 @@ class Attributor:
         own = self._own
         raw = {}
         if own:
+            # deferred: loads torch, which occ --help, occ sources and cached scoring never import
             from occ.heads import TrunkBatch
 
             batch = TrunkBatch(trunk, self.backbone)  # per-batch work the verifiers share

@@ -30,6 +30,18 @@ from dataclasses import dataclass
 
 from occ.calibration import Calibration
 from occ.errors import OccError, RegistryError
+from occ.openset import decided_jointly, enrolled_on, fresh_stored
+
+# A source is *weak* when it accepts less than this share of its own held-out images at its threshold
+# (the held-out TPR of the calibration that decides it). Below one half it rejects more of its own images
+# than it accepts: for a genuine image of the source "unknown" is then the likelier answer, so neither its
+# accepts nor its rejects say much. A healthy source sits near its --tpr target (0.9 by default) and only
+# falls this far when the --far rule (or, for lda, the joint model's zero-margin floor and spread check)
+# had to lift the threshold far above it, i.e. when the negatives or the other sources look like it.
+# Held-out noise does not reach it: a source that truly accepts 90 % of its images shows below 0.5 on 10
+# held-out images with probability 0.00015 (binomial), on 5 with probability 0.009. A --tpr target below
+# 0.5 makes a source weak by choice, and it is flagged as such.
+WEAK_TPR = 0.5
 
 JOINT = "joint"  # decided by the registry's joint model
 OWN = "own"  # decided by the source's own verifier
@@ -71,9 +83,7 @@ class DecisionRecord:
 
     @property
     def weak(self) -> bool | None:
-        """Whether the source accepts less than :data:`occ.sources.WEAK_TPR` of its held-out images."""
-        from occ.sources import is_weak
-
+        """Whether the source accepts less than :data:`WEAK_TPR` of its held-out images."""
         return None if self.calibration is None else is_weak(self.calibration)
 
     def describe(self) -> str:
@@ -96,6 +106,11 @@ class DecisionRecord:
                 "weak": self.weak}
 
 
+def is_weak(cal: Calibration) -> bool:
+    """Whether the source ``cal`` decides accepts less than :data:`WEAK_TPR` of its held-out images."""
+    return cal.tpr < WEAK_TPR
+
+
 def _round(x: float | None) -> float | None:
     return None if x is None or not math.isfinite(x) else round(float(x), 6)
 
@@ -114,9 +129,6 @@ def for_registry(registry, names: Sequence[str] | None = None) -> dict[str, Deci
     read without a backbone: an lda source from the stored joint model of its backbone when that model
     matches the registry's sources (:func:`occ.openset.fresh_stored`), else unknown (see
     :class:`DecisionRecord`)."""
-    from occ.openset import decided_jointly, fresh_stored
-    from occ.sources import enrolled_on
-
     models: dict = {}
     out: dict[str, DecisionRecord | OccError] = {}
     for name in registry.names() if names is None else names:

@@ -19,7 +19,10 @@ import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
+from occ import threads as occ_threads
+from occ.backbones import load_backbone
 from occ.errors import ImageError, OccError, UsageError
+from occ.registry import Registry
 
 COLUMNS = ("path", "source", "scores", "accepted", "reason", "error")
 DEFAULT_BATCH = 16
@@ -45,11 +48,8 @@ class AttributionWorker:
 
     def __init__(self, registry_root: str, backbone_spec: str | None, sources: Sequence[str],
                  threads: int = 1, device: str = "cpu"):
-        from occ import threads as occ_threads
+        # deferred: loads PIL, which occ --help and occ sources never import
         from occ.attribution import Attributor
-        from occ.backbones import load_backbone
-        from occ.registry import Registry
-
         self.threads = occ_threads.apply(threads)
         backbone = load_backbone(backbone_spec, device=device)
         self.sources = sorted(sources)
@@ -59,6 +59,7 @@ class AttributionWorker:
     def __call__(self, batch: dict):
         import pyarrow as pa
 
+        # deferred: loads PIL, which occ --help and occ sources never import
         from occ.attribution import attribute_reason
         from occ.images import ImageFile, read_image_file
 
@@ -109,6 +110,7 @@ def attribute_dataset(ds, *, registry_root: str | os.PathLike, sources: Sequence
 def path_rows(inputs: Iterable) -> list[dict]:
     """One row per image under ``inputs`` (files and folders, expanded like the CLI), in order; a
     missing or unreadable input is a row with its error."""
+    # deferred: loads PIL, which occ --help and occ sources never import
     from occ.images import iter_paths
 
     rows = []
@@ -188,6 +190,7 @@ def attribute_paths(inputs: Iterable, *, registry_root: str | os.PathLike, sourc
 
 def json_rows(table) -> Iterator[dict]:
     """The rows of a result batch as ``occ attribute --json`` objects."""
+    # deferred: loads PIL, which occ --help and occ sources never import
     from occ.attribution import round_scores
 
     for row in table.to_pylist():

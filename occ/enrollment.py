@@ -13,7 +13,7 @@ target images are refused unless ``force`` (never fewer than :data:`MIN_FORCED`)
 already enrolled under another name (same sha256 of the file's bytes) are refused unless
 ``allow_overlap``, since such an image would be a target of one source and a non-target of the other,
 and would move the other source's threshold. A source stored whose held-out TPR is below
-:data:`occ.sources.WEAK_TPR` is flagged weak (``EnrollResult.weak``).
+:data:`occ.decisions.WEAK_TPR` is flagged weak (``EnrollResult.weak``).
 """
 
 from __future__ import annotations
@@ -30,9 +30,8 @@ from occ.decisions import for_source
 from occ.errors import ImageError, OccError, UsageError
 from occ.features import FeatureExtractor, Features
 from occ.negatives import bank_paths
-from occ.openset import BANK_KEY, RefitOptions
+from occ.openset import BANK_KEY, RefitOptions, enrolled_on, evidence_tensors, view_rows
 from occ.registry import Registry, SourceRecord
-from occ.sources import enrolled_on
 from occ.verifier import Verifier
 
 Progress = Callable[[str, int, int], None]
@@ -50,7 +49,7 @@ class EnrollResult:
     errors: list[ImageError] = field(default_factory=list)
     seconds: float = 0.0
     overlaps: dict[str, int] = field(default_factory=dict)  # other source -> training images shared with it
-    weak: bool = False  # held-out TPR below occ.sources.WEAK_TPR at the threshold that decides it
+    weak: bool = False  # held-out TPR below occ.decisions.WEAK_TPR at the threshold that decides it
 
 
 def _dedupe(features: Features, exclude: set[str] = frozenset()) -> Features:
@@ -172,8 +171,6 @@ def enroll(
 
     verifier.fit(backbone, pos.trunk, neg, neg_pixels=neg_pixels, progress=progress)
     if stores_evidence:
-        from occ.openset import evidence_tensors, view_rows
-
         if progress:
             progress("training views", 0, 1)
         seed, views = verifier.settings.seed, verifier.config.views

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from occ.backbones.base import Backbone, Trunk
+from occ.training import train
 
 if TYPE_CHECKING:
     from occ.prompts import PromptTemplate
@@ -182,8 +183,6 @@ class PromptHead(Head):
 
     def fit(self, pos: TrunkBatch, neg: TrunkBatch, settings: TrainSettings, *,
             neg_pixels: torch.Tensor | None = None, progress: StepProgress | None = None) -> None:
-        from occ.training import train
-
         pos_in, neg_in = self.inputs(pos), self.inputs(neg)
         self.start(pos_in, neg_in)
         train(self, pos_in, neg_in, settings, neg_pixels=neg_pixels, progress=progress)

@@ -33,11 +33,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from occ.backbones import load_backbone
 from occ.errors import OccError, RegistryError, UsageError, first_line
 from occ.evidence import DEFAULT_VIEWS, default_blocks, evidence, training_views
 from occ.joint import DEFAULT_DIMS, DEFAULT_DISCRIMINATIVE, DEFAULT_MIN_MARGIN, ClassRows, JointModel, Stream
 from occ.lowlevel import DIMS as LOW_DIMS
-from occ.registry.schema import JOINT_PREFIX
+from occ.negatives import bank_paths
 
 if TYPE_CHECKING:  # torch only where a source's tensors are made (enrollment): fitting and using the model,
     # and `occ sources`, need numpy alone
@@ -60,6 +61,12 @@ BANK_KEY = "default bank"  # the key enrollment records in a source's "negatives
 _BANK_ROWS: dict[tuple, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}  # view_rows of the bank
 
 Progress = Callable[[str, int, int], None]
+
+
+def enrolled_on(meta: dict) -> str | None:
+    """The backbone fingerprint a saved verifier (its ``verifier.json``) was fitted on."""
+    fingerprint = meta.get("backbone_fingerprint")
+    return fingerprint if isinstance(fingerprint, str) else None
 
 
 def decided_jointly(meta: dict) -> bool:
@@ -141,8 +148,6 @@ def evidence_tensors(pos: tuple[np.ndarray, np.ndarray, np.ndarray],
 def _joint_sources(registry, backbone: Backbone, on_skip=None):
     """(name -> (version, tensors, meta)) of the usable ``lda`` sources made on ``backbone`` (tensors as
     numpy arrays: the joint model needs no torch)."""
-    from occ.sources import enrolled_on
-
     out = {}
     for name in registry.names():
         try:
@@ -165,8 +170,6 @@ def _joint_sources(registry, backbone: Backbone, on_skip=None):
 
 def _fit(sources: dict, backbone: Backbone, extractor, settings: JointSettings,
          progress: Progress | None) -> JointModel:
-    from occ.negatives import bank_paths
-
     neg_x, neg_ids, offset = [], [], 0
     # the bank is in the non-target class unless every source was enrolled without it
     if any(BANK_KEY in (meta.get("negatives") or {}) for _, _, meta in sources.values()):
@@ -206,11 +209,6 @@ def _fit(sources: dict, backbone: Backbone, extractor, settings: JointSettings,
     return model
 
 
-def joint_path(registry, fingerprint: str):
-    """Where the joint model of the sources enrolled on the backbone ``fingerprint`` is stored."""
-    return registry.root / f"{JOINT_PREFIX}{hashlib.sha256(fingerprint.encode()).hexdigest()[:16]}.safetensors"
-
-
 def _manifest(sources: dict, backbone: Backbone, settings: JointSettings) -> dict:
     return {"format": JOINT_FORMAT, "backbone": backbone.fingerprint, "settings": settings.to_dict(),
             "sources": {n: v for n, (v, _, _) in sorted(sources.items())}}
@@ -230,13 +228,13 @@ def refit(registry, backbone: Backbone, *, extractor=None, settings: JointSettin
     it; a source that cannot be read is passed to ``on_skip`` and left out. With no such source, a stored
     model is removed. Returns the model (None when there is no source). The model is not stored when a
     source changed while it was fitted (that change's own refit stores the model of the sources then)."""
-    from occ.features import FeatureExtractor
+    from occ.features import FeatureExtractor  # PIL: `occ sources` and the stored model's readers need numpy alone
 
     settings = (settings or JointSettings()).resolved(backbone)
     before = registry.versions()  # what the model is fitted on, checked again under the registry's lock
     sources = _joint_sources(registry, backbone, on_skip=on_skip or (lambda _name, _exc: None))
     if not sources:
-        registry.write_joint(joint_path(registry, backbone.fingerprint).name, None, versions=before)
+        registry.write_joint(registry.joint_path(backbone.fingerprint).name, None, versions=before)
         return None
     model = _fit(sources, backbone, extractor or FeatureExtractor(backbone), settings, progress)
     manifest = _manifest(sources, backbone, settings)
@@ -248,9 +246,9 @@ def discard(registry, fingerprint: str | None = None) -> None:
     """Remove the stored joint model of backbone ``fingerprint`` (all of them when None): when no lda
     source of that backbone is left."""
     if fingerprint:
-        paths = [joint_path(registry, fingerprint)]
+        paths = [registry.joint_path(fingerprint)]
     else:
-        paths = list(registry.root.glob(f"{JOINT_PREFIX}*.safetensors"))
+        paths = registry.joint_files()
     for path in paths:
         if os.path.lexists(path):
             registry.write_joint(path.name, None)
@@ -266,13 +264,13 @@ def _write(registry, model: JointModel, manifest: dict, versions: dict) -> bool:
     data = st_save({k: np.ascontiguousarray(v) for k, v in tensors.items()},
                    metadata={"occ": json.dumps(meta, allow_nan=False)})
     _fault_point("joint-write")
-    return registry.write_joint(joint_path(registry, manifest["backbone"]).name, data, versions=versions)
+    return registry.write_joint(registry.joint_path(manifest["backbone"]).name, data, versions=versions)
 
 
 def _stored(registry, fingerprint: str) -> tuple[JointModel, dict] | None:
     from safetensors import safe_open
 
-    path = joint_path(registry, fingerprint)
+    path = registry.joint_path(fingerprint)
     if not os.path.isfile(path):
         return None
     try:
@@ -291,7 +289,7 @@ def joint_for(registry, backbone: Backbone, *, extractor=None, settings: JointSe
     """The joint model over the registry's usable ``lda`` sources: the stored one when it was fitted on
     exactly these source versions, else one fitted now in memory. Returns (model, stale):
     ``stale`` is True when the stored model did not match (``occ refit`` stores a fresh one)."""
-    from occ.features import FeatureExtractor
+    from occ.features import FeatureExtractor  # PIL: `occ sources` and the stored model's readers need numpy alone
 
     skipped = []
 
@@ -314,7 +312,7 @@ def joint_for(registry, backbone: Backbone, *, extractor=None, settings: JointSe
     # cannot be read are reported as such, and explain a difference by themselves), or it is there but
     # cannot be read (damaged, or written in an older format)
     if stored is None:
-        return model, os.path.isfile(joint_path(registry, backbone.fingerprint))
+        return model, os.path.isfile(registry.joint_path(backbone.fingerprint))
     stale = {n: v for n, v in stored[1]["sources"].items() if n not in skipped} != manifest["sources"]
     return model, stale
 
@@ -324,8 +322,6 @@ def rethreshold(registry, name: str, far: float | None, target_tpr: float | None
     re-choose its threshold in the stored joint model from that model's held-out scores, and record the
     source's new version, without refitting (no backbone needed). Returns False when there is no stored
     model that matched the registry before the change (:func:`sync` then refits)."""
-    from occ.sources import enrolled_on
-
     before = registry.versions()
     stored = _stored(registry, enrolled_on(registry.info(name).meta) or "")
     if stored is None or stored[1]["sources"].get(name) != old_version:
@@ -362,8 +358,6 @@ def _groups(registry) -> dict[str, dict]:
     """The registry's readable ``lda`` sources by the backbone fingerprint they were enrolled on:
     ``{fingerprint: {"sources": {name: version}, "spec": backbone spec}}``, read from their
     ``verifier.json`` alone (no tensors, no backbone)."""
-    from occ.sources import enrolled_on
-
     out: dict[str, dict] = {}
     for name in registry.names():
         try:
@@ -393,12 +387,12 @@ def _stored_manifest(path) -> dict | None:
 def _stored_backbones(registry) -> dict[str, str | None]:
     """The stored joint model files, by name: the backbone each was fitted for (None: unreadable)."""
     return {path.name: (_stored_manifest(path) or {}).get("backbone")
-            for path in sorted(registry.root.glob(f"{JOINT_PREFIX}*.safetensors"))}
+            for path in registry.joint_files()}
 
 
 def _matches(registry, fingerprint: str, group: dict | None) -> bool:
     """Whether the stored joint model of ``fingerprint`` was fitted on exactly the sources of ``group``."""
-    manifest = _stored_manifest(joint_path(registry, fingerprint))
+    manifest = _stored_manifest(registry.joint_path(fingerprint))
     return manifest is not None and group is not None and manifest.get("sources") == group["sources"]
 
 
@@ -442,8 +436,6 @@ def sync(registry, fingerprints: Iterable[str] | None = None, options: RefitOpti
             if options.load is not None:
                 backbone = options.load(group["spec"])
             else:
-                from occ.backbones import load_backbone
-
                 backbone = load_backbone(group["spec"])
             extractor = None
         if backbone.fingerprint != fingerprint:
@@ -467,8 +459,6 @@ def after_change(registry, metas: Sequence[dict] | None, options: RefitOptions |
     ``verifier.json`` of the source before and after the change (None where unknown: every backbone is
     checked); the joint model of each backbone an ``lda`` one was enrolled on is brought in line
     (:func:`sync`)."""
-    from occ.sources import enrolled_on
-
     if metas is None:
         return sync(registry, None, options)
     fingerprints = {enrolled_on(m) for m in metas if m is not None and decided_jointly(m)} - {None}

@@ -16,6 +16,7 @@ import torch
 
 from occ.backbones.base import Backbone
 from occ.heads import Head, StepProgress, TrunkBatch
+from occ.metrics import roc_auc
 
 if TYPE_CHECKING:
     from occ.prompts import PromptTemplate
@@ -40,8 +41,6 @@ def _standardise(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def pick_block(cls: np.ndarray, y: np.ndarray, blocks, seed: int) -> int:
     """The block whose CLS token gives the best cross-validated AUC on the training set."""
     from sklearn.model_selection import StratifiedKFold
-
-    from occ.metrics import roc_auc
 
     k = int(max(2, min(CV_FOLDS, y.sum(), (1 - y).sum())))
     splits = list(StratifiedKFold(k, shuffle=True, random_state=seed).split(cls[:, 0], y))

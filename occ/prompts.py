@@ -31,6 +31,7 @@ from torch import nn
 from occ.backbones.base import Backbone, patch_keys_values
 from occ.errors import UsageError
 from occ.heads import PromptHead, TrunkBatch, split_heads, split_keys_values
+from occ.probe import fit_balanced_logistic
 
 
 @dataclass(frozen=True)
@@ -355,8 +356,6 @@ class VisualPrompts(PromptHead):
         """Data-dependent start: prompts near the mean incoming CLS token (plus the seeded noise drawn
         at construction, scaled per coordinate), features standardised with the training set's
         statistics, head = balanced L2 logistic regression on the standardised initial readouts."""
-        from occ.probe import fit_balanced_logistic
-
         cls_in = torch.cat([pos_cls, neg_cls]).float()
         self.prompt.copy_(cls_in.mean(0) + self.prompt * cls_in.std(0))
         feats = torch.cat([self.readout_features(pos_cls, pos_kv), self.readout_features(neg_cls, neg_kv)])

@@ -38,6 +38,7 @@ from typing import Annotated
 
 from fastapi import Depends, FastAPI, File, HTTPException, Query, Request, UploadFile
 
+from occ import __version__
 from occ.attribution import Attributor, attribute_row, error_row, verify_row
 from occ.backbones.base import Backbone
 from occ.errors import ImageError, OccError, RegistryError, UsageError
@@ -153,8 +154,6 @@ def read_uploads(uploads: list[UploadFile], limits: Limits) -> tuple[list[str], 
 
 def create_app(service: Service, token: str | None = None) -> FastAPI:
     """The FastAPI application over ``service``; ``token`` protects ``/v1/*``."""
-    from occ import __version__
-
     limits = service.limits
     # max_body_size: FastAPI counts the bytes as they arrive (chunked uploads too) and answers 413.
     app = FastAPI(title="occ", version=__version__, max_body_size=limits.max_request_bytes,

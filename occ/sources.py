@@ -9,29 +9,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from occ.calibration import Calibration
+from occ.backbones import default_spec
+from occ.decisions import for_source
 from occ.errors import OccError, RegistryError, UsageError
-
-# A source is *weak* when it accepts less than this share of its own held-out images at its threshold
-# (the held-out TPR of the calibration that decides it). Below one half it rejects more of its own images
-# than it accepts: for a genuine image of the source "unknown" is then the likelier answer, so neither its
-# accepts nor its rejects say much. A healthy source sits near its --tpr target (0.9 by default) and only
-# falls this far when the --far rule (or, for lda, the joint model's zero-margin floor and spread check)
-# had to lift the threshold far above it, i.e. when the negatives or the other sources look like it.
-# Held-out noise does not reach it: a source that truly accepts 90 % of its images shows below 0.5 on 10
-# held-out images with probability 0.00015 (binomial), on 5 with probability 0.009. A --tpr target below
-# 0.5 makes a source weak by choice, and it is flagged as such.
-WEAK_TPR = 0.5
+from occ.openset import after_change, rethreshold
 
 # Fields of verifier.json that `sources show` leaves out: the store's own, and the bulky lists it
 # summarises (the held-out scores inside the calibration, the training images' hashes under their own key).
 _NOT_SHOWN = ("calibration", "training_images", "checksum", "files")
-
-
-def enrolled_on(meta: dict) -> str | None:
-    """The backbone fingerprint a saved verifier (its ``verifier.json``) was fitted on."""
-    fingerprint = meta.get("backbone_fingerprint")
-    return fingerprint if isinstance(fingerprint, str) else None
 
 
 def require_enrolled(registry) -> None:
@@ -43,8 +28,6 @@ def require_enrolled(registry) -> None:
 def enroll_backbone_spec(spec: str | None) -> str:
     """The backbone spec to record for a new source: the one given (else ``OCC_BACKBONE``, else the
     embedded one), a local folder as an absolute path so that verify/attribute find it from any folder."""
-    from occ.backbones import default_spec
-
     spec = spec or default_spec()
     if Path(spec).expanduser().is_dir():
         spec = str(Path(spec).expanduser().resolve())
@@ -74,11 +57,6 @@ def sources_backbone_spec(registry, names: Sequence[str] | None = None) -> str |
     return specs.pop() if specs else None
 
 
-def is_weak(cal: Calibration) -> bool:
-    """Whether the source ``cal`` decides accepts less than :data:`WEAK_TPR` of its held-out images."""
-    return cal.tpr < WEAK_TPR
-
-
 def listing(record, meta: dict) -> dict:
     """One row of ``occ sources``: what decides the source (its :class:`occ.decisions.DecisionRecord`:
     threshold, held-out rates, whether it is weak, radius, the model), images, backbone, creation time."""
@@ -105,8 +83,6 @@ def details(record, meta: dict) -> dict:
 def export(registry, name: str, dest, *, replace: bool = False):
     """Export source ``name`` (:meth:`occ.registry.Registry.export`), the archive recording what decides it
     in this registry; returns (path, its :class:`occ.decisions.DecisionRecord`)."""
-    from occ.decisions import for_source
-
     record = for_source(registry, name)
     return registry.export(name, dest, replace=replace, decision=record.to_dict()), record
 
@@ -119,9 +95,7 @@ def set_threshold(registry, name: str, far: float | None = None, target_tpr: flo
     scores (:func:`occ.openset.rethreshold`, no backbone needed), or, when the stored model did not match
     the registry, refitted (:func:`occ.openset.sync`, with ``refit``: :class:`occ.openset.RefitOptions`).
     Returns what decides the source now, read back (:class:`occ.decisions.DecisionRecord`)."""
-    from occ.decisions import for_source
-    from occ.openset import after_change, rethreshold
-    from occ.verifier import Verifier
+    from occ.verifier import Verifier  # torch: `occ sources` (the listing) must not import it
 
     if far is None and target_tpr is None:
         raise UsageError("give --far and/or --tpr")

@@ -36,6 +36,8 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
+from occ.errors import UsageError
+
 if TYPE_CHECKING:
     from occ.heads import PromptHead
 
@@ -62,8 +64,6 @@ class TrainSettings:
     seed: int = 0
 
     def __post_init__(self):
-        from occ.errors import UsageError
-
         if self.adversarial not in ADVERSARIAL_MODES:
             raise UsageError(f"adversarial mode must be one of {ADVERSARIAL_MODES}, got {self.adversarial!r}")
         if self.eps != "mixed" and not (isinstance(self.eps, (int, float)) and self.eps >= 0):

@@ -31,9 +31,8 @@ from occ.calibration import Calibration
 from occ.config import KINDS, VerifierConfig
 from occ.errors import RegistryError, UsageError, first_line
 from occ.heads import Head, TrunkBatch
-from occ.openset import EVIDENCE_PREFIX
+from occ.openset import EVIDENCE_PREFIX, enrolled_on
 from occ.registry.schema import META_FILE, TENSOR_FILE
-from occ.sources import enrolled_on
 
 VERIFIER_FORMAT = "occ-verifier"
 # The keys of verifier.json the verifier writes; every other key is provenance, kept as it is.

@@ -325,7 +325,7 @@ def test_oversized_file_refused_without_reading(tmp_path):
 
 def test_file_limit_is_read_at_call_time(tmp_path, monkeypatch):
     path = write(tmp_path / "a.png", imagegen.sample_files()[".png"])
-    monkeypatch.setattr(images, "MAX_FILE_BYTES", 100)
+    monkeypatch.setattr(images.files, "MAX_FILE_BYTES", 100)  # read by its owner at call time
     assert refused(path).reason.startswith("file too large (")
 
 

@@ -18,7 +18,7 @@ from PIL import Image
 from occ.attribution import Attributor
 from occ.config import VerifierConfig
 from occ.enrollment import enroll
-from occ.openset import joint_for, joint_path, refit
+from occ.openset import joint_for, refit
 from occ.registry import Registry
 from occ.sources import set_threshold
 from occ.testing.tiny_clip import gradient_image, noise_image
@@ -96,7 +96,7 @@ def test_interrupted_refit_leaves_every_source_usable(tmp_path, images, tiny_vis
     import occ.openset as openset
 
     reg = _enroll_all(tmp_path / "r", ["noise"], images, tiny_vision_backbone)
-    before = joint_path(reg, tiny_vision_backbone.fingerprint).read_bytes()
+    before = reg.joint_path(tiny_vision_backbone.fingerprint).read_bytes()
 
     def crash(step):
         raise KeyboardInterrupt(f"killed at {step}")
@@ -107,7 +107,7 @@ def test_interrupted_refit_leaves_every_source_usable(tmp_path, images, tiny_vis
                backbone_spec=tiny_vision_backbone.location,
                verifier=Verifier(VerifierConfig(kind="lda", settings=TrainSettings(seed=0))))
     monkeypatch.undo()
-    assert joint_path(reg, tiny_vision_backbone.fingerprint).read_bytes() == before  # the old model, whole
+    assert reg.joint_path(tiny_vision_backbone.fingerprint).read_bytes() == before  # the old model, whole
     assert reg.names() == ["grad", "noise"]  # the source was stored before the refit began
     att, stale_run = _decisions(reg, tiny_vision_backbone, images)
     assert att.joint_stale and set(att.joint.names_) == {"grad", "noise"}  # never the half-updated model
@@ -133,9 +133,9 @@ main()
 
 def test_kill_9_during_refit(tmp_path, images, tiny_vision_dir, tiny_vision_backbone):
     reg = _enroll_all(tmp_path / "r", ["noise", "grad"], images, tiny_vision_backbone)
-    before = joint_path(reg, tiny_vision_backbone.fingerprint).read_bytes()
+    before = reg.joint_path(tiny_vision_backbone.fingerprint).read_bytes()
     set_threshold(reg, "grad", far=0.2)  # the stored model still matches (thresholds re-chosen in place)
-    assert joint_path(reg, tiny_vision_backbone.fingerprint).read_bytes() != before
+    assert reg.joint_path(tiny_vision_backbone.fingerprint).read_bytes() != before
     assert not joint_for(reg, tiny_vision_backbone)[1]
     argv = occ_argv("refit", "--registry", reg.root, "--backbone", tiny_vision_dir)[1:]
     child = subprocess.Popen([sys.executable, "-c", KILL_CHILD, *argv[2:]], env=subprocess_env(),
@@ -151,7 +151,7 @@ def test_kill_9_during_refit(tmp_path, images, tiny_vision_dir, tiny_vision_back
         os.kill(child.pid, signal.SIGKILL)
     finally:
         child.wait(30)
-    after = joint_path(reg, tiny_vision_backbone.fingerprint).read_bytes()
+    after = reg.joint_path(tiny_vision_backbone.fingerprint).read_bytes()
     assert after != before  # the threshold change is still there
     run = invoke("attribute", images["noise"][1], "--registry", reg.root, "--backbone", tiny_vision_dir, "--json")
     assert run.code == 0, run
@@ -211,18 +211,18 @@ def test_remove_refits_without_the_source(tmp_path, images, tiny_vision_dir, tin
     model, stale = joint_for(reg, tiny_vision_backbone)
     assert model.names_ == ["noise"] and not stale
     assert invoke("sources", "remove", "noise", "--yes", "--registry", reg.root).code == 0
-    assert not joint_path(reg, tiny_vision_backbone.fingerprint).exists()
+    assert not reg.joint_path(tiny_vision_backbone.fingerprint).exists()
 
 
 def test_refit_command_stores_a_matching_model(tmp_path, images, tiny_vision_dir, tiny_vision_backbone,
                                               other_clip_dir):
     reg = _enroll_all(tmp_path / "r", ["noise", "grad"], images, tiny_vision_backbone)
-    joint_path(reg, tiny_vision_backbone.fingerprint).unlink()
+    reg.joint_path(tiny_vision_backbone.fingerprint).unlink()
     assert joint_for(reg, tiny_vision_backbone)[1] is False  # nothing stored: fitted in memory, not "stale"
     run = invoke("refit", "--registry", reg.root, "--backbone", tiny_vision_dir)
     assert run.code == 0, run
     assert "refitted over 2 source(s) (grad, noise)" in run.stderr
-    assert joint_path(reg, tiny_vision_backbone.fingerprint).exists()
+    assert reg.joint_path(tiny_vision_backbone.fingerprint).exists()
     # --backbone picks the backbone whose sources are refitted: none were enrolled on another one
     run = invoke("refit", "--registry", reg.root, "--backbone", other_clip_dir)
     assert run.code == 0 and "nothing to refit" in run.stderr, run
@@ -235,7 +235,7 @@ def test_stored_model_keeps_every_held_out_score_and_an_unreadable_one_is_stale(
     from safetensors import safe_open
 
     reg = _enroll_all(tmp_path / "r", ["noise", "grad"], images, tiny_vision_backbone)
-    path = joint_path(reg, tiny_vision_backbone.fingerprint)
+    path = reg.joint_path(tiny_vision_backbone.fingerprint)
     stored, stale = joint_for(reg, tiny_vision_backbone)
     assert not stale
     path.rename(path.with_suffix(".away"))
@@ -292,7 +292,7 @@ def test_api_remove_and_import_leave_a_fresh_joint_model(tmp_path, images, tiny_
     reg = _enroll_all(tmp_path / "r", ["noise", "grad"], images, tiny_vision_backbone)
     archive = reg.export("grad", tmp_path / "grad.occ.zip")
     reg.remove("grad")  # the Python API, no command line
-    assert joint_path(reg, tiny_vision_backbone.fingerprint).exists()
+    assert reg.joint_path(tiny_vision_backbone.fingerprint).exists()
     model, stale = joint_for(reg, tiny_vision_backbone)
     assert not stale and model.names_ == ["noise"] and _stored_names(reg, tiny_vision_backbone) == ["noise"]
     reg.import_file(archive, as_name="grad2")
@@ -301,12 +301,12 @@ def test_api_remove_and_import_leave_a_fresh_joint_model(tmp_path, images, tiny_
     assert _stored_names(reg, tiny_vision_backbone) == ["grad2", "noise"]
     reg.remove("grad2")
     reg.remove("noise")
-    assert not joint_path(reg, tiny_vision_backbone.fingerprint).exists()  # no lda source left: no model
+    assert not reg.joint_path(tiny_vision_backbone.fingerprint).exists()  # no lda source left: no model
 
 
 def test_stray_joint_temporary_files_are_swept_by_the_next_write(tmp_path, images, tiny_vision_backbone):
     reg = _enroll_all(tmp_path / "r", ["noise", "grad"], images, tiny_vision_backbone)
-    fp_key = joint_path(reg, tiny_vision_backbone.fingerprint).name
+    fp_key = reg.joint_path(tiny_vision_backbone.fingerprint).name
     strays = [reg.root / ".joint-x.tmp", reg.root / f".{fp_key}.0123456789abcdef.tmp"]
     for stray in strays:
         stray.write_bytes(b"left by a killed process")
@@ -324,7 +324,7 @@ def test_the_joint_model_is_written_under_the_registry_lock(tmp_path, images, ti
     from occ.registry import schema
 
     reg = _enroll_all(tmp_path / "r", ["noise"], images, tiny_vision_backbone)
-    before = joint_path(reg, tiny_vision_backbone.fingerprint).read_bytes()
+    before = reg.joint_path(tiny_vision_backbone.fingerprint).read_bytes()
     holder = subprocess.Popen([sys.executable, "-c", "import filelock, sys, time\n"
                                "lock = filelock.FileLock(sys.argv[1]); lock.acquire(); print('held', flush=True)\n"
                                "time.sleep(120)", str(reg.root / ".lock")], stdout=subprocess.PIPE, text=True)
@@ -336,14 +336,14 @@ def test_the_joint_model_is_written_under_the_registry_lock(tmp_path, images, ti
     finally:
         holder.kill()
         holder.wait(30)
-    assert joint_path(reg, tiny_vision_backbone.fingerprint).read_bytes() == before
+    assert reg.joint_path(tiny_vision_backbone.fingerprint).read_bytes() == before
 
 
 def test_a_model_fitted_while_a_source_changed_is_not_stored(tmp_path, images, tiny_vision_backbone, monkeypatch):
     import occ.openset as openset
 
     reg = _enroll_all(tmp_path / "r", ["noise", "grad"], images, tiny_vision_backbone)
-    path = joint_path(reg, tiny_vision_backbone.fingerprint)
+    path = reg.joint_path(tiny_vision_backbone.fingerprint)
     before = path.read_bytes()
 
     def change_grad(step):  # another process stores a new version of grad while this one fits

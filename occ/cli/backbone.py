@@ -6,6 +6,7 @@ import json
 from typing import Annotated
 
 from occ.cli.common import BackboneOpt, RegistryOpt, backbone_for, handle_errors, json_option, print_table
+from occ.paths import cache_dir, registry_dir
 
 
 @handle_errors
@@ -13,8 +14,6 @@ def backbone_cmd(backbone: BackboneOpt = None, registry: RegistryOpt = None,
                  as_json: Annotated[bool, json_option("the description as one JSON object")] = False) -> None:
     """Show the backbone in use: model, weights location, fingerprint, text tower, cache and registry."""
     from rich.markup import escape
-
-    from occ.paths import cache_dir, registry_dir
 
     info = backbone_for(backbone).describe()
     info["cache"] = str(cache_dir())

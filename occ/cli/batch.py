@@ -10,20 +10,26 @@ from pathlib import Path
 
 import typer
 
+from occ import distributed
 from occ.cli.common import err, markup_line
-from occ.cli.output import CsvRows, ImageProgress, summary
-from occ.cli.score import attribute_csv_columns, attribute_csv_row, print_attribution_table
+from occ.cli.output import (
+    CsvRows,
+    ImageProgress,
+    attribute_csv_columns,
+    attribute_csv_row,
+    print_attribution_table,
+    summary,
+)
 from occ.errors import OccError, RegistryError, UsageError
+from occ.sources import sources_backbone_spec
+from occ.threads import resolve
 
 
 def attribute_on_ray(paths, reg, fmt_out: str, *, backbone, threads, device, address, workers, output) -> None:
     try:
         import ray
-
-        from occ import distributed
     except ImportError:
         raise UsageError("--engine ray needs the 'ray' extra of occ: pip install 'occ[ray]'") from None
-    from occ.threads import resolve
 
     if output is not None and output.suffix != ".parquet":
         raise UsageError(f"--output {output}: only .parquet files are written")
@@ -32,8 +38,6 @@ def attribute_on_ray(paths, reg, fmt_out: str, *, backbone, threads, device, add
     if workers is not None and workers < 1:
         raise UsageError(f"--workers must be >= 1, got {workers}")
     per_worker = resolve(threads) if threads is not None else 1
-    from occ.sources import sources_backbone_spec
-
     spec = backbone if backbone is not None else sources_backbone_spec(reg)
     if spec is not None and Path(spec).expanduser().is_dir():
         spec = str(Path(spec).expanduser().resolve())  # workers may run elsewhere

@@ -11,8 +11,12 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from occ.backbones import load_backbone
 from occ.errors import ImageError, OccError, UsageError, one_line
 from occ.paths import display_path
+from occ.registry import Registry
+from occ.sources import sources_backbone_spec
+from occ.threads import apply
 
 SCORES_HELP = (
     "Scores (0..1) are a monotone map of each source's raw margin, fitted on held-out cross-validation "
@@ -129,8 +133,6 @@ def warn(text) -> None:
 
 
 def open_registry(path: str | None):
-    from occ.registry import Registry
-
     return Registry(path)
 
 
@@ -158,19 +160,13 @@ def stage_progress(label: str = "{stage}"):
 
 def apply_threads(threads: int | None) -> int:
     """Apply the thread count (``--threads``, else ``OCC_NUM_THREADS``, else a free-core default)."""
-    from occ.threads import apply
-
     return apply(threads)
 
 
 def backbone_for(spec: str | None, registry=None, names=None, device: str = "cpu"):
     """Load the backbone, its trunk pass on ``device``: the one named, else the one the registry's sources
     (or those of ``names``) were enrolled on (:func:`occ.sources.sources_backbone_spec`)."""
-    from occ.backbones import load_backbone
-
     if spec is None and registry is not None:
-        from occ.sources import sources_backbone_spec
-
         spec = sources_backbone_spec(registry, names)
     with err.status("loading backbone", spinner="dots") if err.is_terminal else contextlib.nullcontext():
         return load_backbone(spec, device=device, progress=lambda msg: err.print(msg, markup=False))

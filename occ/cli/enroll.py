@@ -24,6 +24,8 @@ from occ.cli.common import (
     stage_progress,
     warn,
 )
+from occ.decisions import WEAK_TPR, for_source, is_weak
+from occ.sources import enroll_backbone_spec
 
 
 @handle_errors
@@ -82,9 +84,9 @@ def enroll(
     source that accepts less than half of its own held-out images at its threshold is stored with a
     warning and marked weak in `occ sources`.
     """
+    # deferred: loads PIL and torch, which occ --help, occ sources and cached scoring never import
     from occ.config import VerifierConfig
     from occ.enrollment import enroll as do_enroll
-    from occ.sources import enroll_backbone_spec
     from occ.verifier import Verifier
 
     reg = open_registry(registry)
@@ -105,8 +107,6 @@ def enroll(
                            on_error=lambda e: (errors.append(e), report_file_error(e, False)),
                            progress=on_progress, force=force, allow_overlap=allow_overlap)
     # Everything below is read back from the stored verifier and what decides it, not from the options.
-    from occ.decisions import for_source
-
     stored = result.verifier
     decides = for_source(reg, name)
     cal = decides.calibration
@@ -139,8 +139,8 @@ def enroll(
 def enrollment_warnings(result, cal) -> list[str]:
     """What a user must know about an enrollment before trusting it, read from what was fitted (``cal``:
     the calibration that decides the source, None when unknown)."""
+    # deferred: loads PIL and torch, which occ --help, occ sources and cached scoring never import
     from occ.enrollment import MIN_HELDOUT, MIN_SHOTS
-    from occ.sources import WEAK_TPR, is_weak
 
     out = []
     if cal is not None and is_weak(cal):

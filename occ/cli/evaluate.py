@@ -28,6 +28,7 @@ from occ.cli.common import (
     show,
     stage_progress,
 )
+from occ.sources import require_enrolled
 
 
 @handle_errors
@@ -51,9 +52,9 @@ def eval_cmd(
     confusion matrix; optionally under perturbations. Figures resting on fewer than 20 positives or 50
     negatives are flagged as rough.
     """
+    # deferred: loads PIL, which occ --help and occ sources never import
     from occ import evaluation
     from occ.perturb import parse_perturb_spec
-    from occ.sources import require_enrolled
 
     perturbations = parse_perturb_spec(perturb) if perturb is not None else []
     if report_dir is not None:

@@ -28,6 +28,7 @@ ProvenanceOpt = Annotated[
 
 
 def inspector(trust_list: Path | None):
+    # deferred: loads PIL, which occ --help and occ sources never import
     from occ.provenance import Inspector, load_trust_list
 
     return Inspector(load_trust_list(trust_list) if trust_list is not None else None)
@@ -43,6 +44,7 @@ def scoring_inspector(provenance: bool, trust_list: Path | None):
 def evidence(reader, path: str, pixel_source: str | None, candidates: Sequence[str]) -> tuple[dict, str]:
     """The ``"provenance"`` object of one verify/attribute result (the file's evidence, and whether it
     disagrees with the pixel verdict: ``pixel_source`` among ``candidates``) and its short table cell."""
+    # deferred: loads PIL, which occ --help and occ sources never import
     from occ.provenance import disagreement
 
     try:
@@ -75,6 +77,7 @@ def inspect_cmd(
     DigitalSourceType, AUTOMATIC1111/ComfyUI PNG text, EXIF Software (trivially forged or stripped);
     unreadable: malformed or unverifiable metadata. Absent metadata proves nothing: most platforms strip it.
     """
+    # deferred: loads PIL, which occ --help and occ sources never import
     from occ.images import iter_paths
 
     reader = inspector(trust_list)

@@ -8,7 +8,9 @@ import sys
 import time
 from collections import Counter
 
-from occ.cli.common import err
+from rich.markup import escape
+
+from occ.cli.common import err, fmt, markup_line, markup_path, print_table
 from occ.errors import UsageError
 
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -24,6 +26,7 @@ def count_images(paths) -> int | None:
     """How many images (and unreadable inputs) ``paths`` expand to, for the bar; None off a terminal."""
     if not err.is_terminal:
         return None
+    # deferred: loads PIL, which occ --help and occ sources never import
     from occ.images import iter_paths
 
     return sum(1 for _ in iter_paths(paths))
@@ -95,3 +98,48 @@ class CsvRows:
     def row(self, values: dict) -> None:
         self._writer.writerow([_cell(values.get(c)) for c in self.columns])
         sys.stdout.flush()
+
+
+def print_attribution_table(rows: list[dict], n_sources: int, provenance_cells: list | None = None) -> None:
+    """``attribute --json`` objects (``{"path", "error"}`` for a failed file) as a table on stdout, in their
+    order (nothing when there are none)."""
+    if not rows:
+        return
+    cells = []
+    for i, row in enumerate(rows):
+        provenance = [provenance_cells[i]] if provenance_cells else []
+        if "error" in row:
+            cells.append((markup_path(row["path"]), "[red]error[/red]", "-", "-", *provenance, row["error"]))
+            continue
+        best = max(row["scores"].items(), key=lambda kv: kv[1])
+        accepted = ", ".join(row["accepted"]) or "-"
+        if row.get("reason"):
+            accepted += f" [yellow](not {escape(row['reason'])})[/yellow]"
+        cells.append((markup_path(row["path"]), row["source"] or "[dim]unknown[/dim]", f"{best[0]} {fmt(best[1])}",
+                      accepted, *provenance, None))
+    columns = ("image", "source", "best score", "accepted by", *(["provenance"] if provenance_cells else []))
+    print_table(f"attribution over {n_sources} source(s)", with_error_column(columns, cells), error_cells(cells))
+
+
+def with_error_column(columns: tuple, rows: list[tuple]) -> tuple:
+    """A results table's columns, with an ``error`` column when some row failed (each row ends with the
+    reason its file failed, None where it did not)."""
+    return (*columns, "error") if any(r[-1] is not None for r in rows) else columns
+
+
+def error_cells(rows: list[tuple]) -> list[tuple]:
+    """Rows laid out for :func:`with_error_column`'s columns: the reason (one line, escaped) last, or
+    nothing when no row failed."""
+    if all(r[-1] is None for r in rows):
+        return [r[:-1] for r in rows]
+    return [(*r[:-1], "" if r[-1] is None else markup_line(r[-1])) for r in rows]
+
+
+def attribute_csv_columns(sources) -> list[str]:
+    return ["path", "source", "accepted", "reason", *(f"score:{name}" for name in sources)]
+
+
+def attribute_csv_row(row: dict) -> dict:
+    """An ``attribute --json`` object as a CSV row (accepted sources joined by ';', best first)."""
+    return {"path": row["path"], "source": row["source"] or "unknown", "accepted": ";".join(row["accepted"]),
+            "reason": row["reason"], **{f"score:{k}": v for k, v in row["scores"].items()}}

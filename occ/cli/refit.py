@@ -13,6 +13,8 @@ from occ.cli.common import (
     report_left_out,
     stage_progress,
 )
+from occ.openset import RefitOptions, sync
+from occ.sources import require_enrolled
 
 
 def report_fit(model, seconds: float) -> None:
@@ -24,8 +26,6 @@ def report_fit(model, seconds: float) -> None:
 def refit_options(on_progress, backbone=None):
     """The :class:`occ.openset.RefitOptions` of a command: progress, sources left out and every model
     fitted said on stderr, backbones loaded as the commands load them."""
-    from occ.openset import RefitOptions
-
     return RefitOptions(backbone=backbone, progress=on_progress, on_skip=report_left_out, on_fit=report_fit,
                         load=lambda spec: backbone_for(spec))
 
@@ -35,9 +35,6 @@ def refit_cmd(registry: RegistryOpt = None, backbone: BackboneOpt = None) -> Non
     """Refit the registry-wide model that decides among lda sources (the library does it after every
     enroll, replace, remove, import and set-threshold; run it after an interrupted one, or to bring an
     older registry up to date)."""
-    from occ.openset import sync
-    from occ.sources import require_enrolled
-
     reg = open_registry(registry)
     require_enrolled(reg)
     bb = backbone_for(backbone, reg) if backbone is not None else None

@@ -11,6 +11,7 @@ import typer
 from rich.markup import escape
 
 from occ.cli import inspect as provenance_cli
+from occ.cli.batch import attribute_on_ray
 from occ.cli.common import (
     BackboneOpt,
     CsvOpt,
@@ -22,7 +23,6 @@ from occ.cli.common import (
     fmt,
     handle_errors,
     json_option,
-    markup_line,
     markup_path,
     open_registry,
     print_table,
@@ -30,8 +30,20 @@ from occ.cli.common import (
     report_left_out,
     warn,
 )
-from occ.cli.output import CsvRows, ImageProgress, count_images, output_format, summary
+from occ.cli.output import (
+    CsvRows,
+    ImageProgress,
+    attribute_csv_columns,
+    attribute_csv_row,
+    count_images,
+    error_cells,
+    output_format,
+    print_attribution_table,
+    summary,
+    with_error_column,
+)
 from occ.errors import ImageError, UsageError
+from occ.sources import require_enrolled
 
 PathsArg = Annotated[list[Path], typer.Argument(help="Image files or folders.")]
 PerImageJson = Annotated[bool, json_option("one JSON object per image (or per unreadable file)")]
@@ -80,6 +92,7 @@ def verify(
     images); otherwise a row that reaches the threshold says why it was not accepted ("nearer to OTHER",
     "outside SOURCE's range": JSON and CSV "reason", a note in the table).
     """
+    # deferred: loads PIL, which occ --help and occ sources never import
     from occ.attribution import Attributor, verify_row
 
     fmt_out = output_format(as_json, as_csv)
@@ -160,8 +173,8 @@ def attribute(
     sources. A source whose score reaches its threshold and that does not accept is named with why
     ("reason": "a: nearer to b", "a: outside a's range"; a note in the table).
     """
+    # deferred: loads PIL, which occ --help and occ sources never import
     from occ.attribution import Attributor, attribute_row, error_row
-    from occ.sources import require_enrolled
 
     fmt_out = output_format(as_json, as_csv)
     inspector = provenance_cli.scoring_inspector(provenance, trust_list)
@@ -174,8 +187,6 @@ def attribute(
     reg = open_registry(registry)
     require_enrolled(reg)  # before loading (perhaps fetching) a backbone
     if engine == "ray":
-        from occ.cli.batch import attribute_on_ray
-
         attribute_on_ray(paths, reg, fmt_out, backbone=backbone, threads=threads, device=device,
                          address=ray_address, workers=workers, output=output)
     apply_threads(threads)
@@ -217,48 +228,3 @@ def attribute(
         print_attribution_table([r for r, _ in rows], len(names), [c for _, c in rows] if inspector else None)
         provenance_cli.print_disagreements(found)
     raise typer.Exit(1 if failures or skipped else 0)
-
-
-def print_attribution_table(rows: list[dict], n_sources: int, provenance_cells: list | None = None) -> None:
-    """``attribute --json`` objects (``{"path", "error"}`` for a failed file) as a table on stdout, in their
-    order (nothing when there are none)."""
-    if not rows:
-        return
-    cells = []
-    for i, row in enumerate(rows):
-        provenance = [provenance_cells[i]] if provenance_cells else []
-        if "error" in row:
-            cells.append((markup_path(row["path"]), "[red]error[/red]", "-", "-", *provenance, row["error"]))
-            continue
-        best = max(row["scores"].items(), key=lambda kv: kv[1])
-        accepted = ", ".join(row["accepted"]) or "-"
-        if row.get("reason"):
-            accepted += f" [yellow](not {escape(row['reason'])})[/yellow]"
-        cells.append((markup_path(row["path"]), row["source"] or "[dim]unknown[/dim]", f"{best[0]} {fmt(best[1])}",
-                      accepted, *provenance, None))
-    columns = ("image", "source", "best score", "accepted by", *(["provenance"] if provenance_cells else []))
-    print_table(f"attribution over {n_sources} source(s)", with_error_column(columns, cells), error_cells(cells))
-
-
-def with_error_column(columns: tuple, rows: list[tuple]) -> tuple:
-    """A results table's columns, with an ``error`` column when some row failed (each row ends with the
-    reason its file failed, None where it did not)."""
-    return (*columns, "error") if any(r[-1] is not None for r in rows) else columns
-
-
-def error_cells(rows: list[tuple]) -> list[tuple]:
-    """Rows laid out for :func:`with_error_column`'s columns: the reason (one line, escaped) last, or
-    nothing when no row failed."""
-    if all(r[-1] is None for r in rows):
-        return [r[:-1] for r in rows]
-    return [(*r[:-1], "" if r[-1] is None else markup_line(r[-1])) for r in rows]
-
-
-def attribute_csv_columns(sources) -> list[str]:
-    return ["path", "source", "accepted", "reason", *(f"score:{name}" for name in sources)]
-
-
-def attribute_csv_row(row: dict) -> dict:
-    """An ``attribute --json`` object as a CSV row (accepted sources joined by ';', best first)."""
-    return {"path": row["path"], "source": row["source"] or "unknown", "accepted": ";".join(row["accepted"]),
-            "reason": row["reason"], **{f"score:{k}": v for k, v in row["scores"].items()}}

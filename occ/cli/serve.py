@@ -41,6 +41,7 @@ def serve(
     POST /v1/attribute (multipart field 'image', one or more). The backbone loads once; a change to the
     registry (an enroll elsewhere) is picked up without a restart. API docs at /docs."""
     try:
+        # deferred: loads fastapi and PIL (an extra), only where it is used
         from occ import serve as service_module
     except ImportError:
         raise UsageError("occ serve needs the 'serve' extra of occ: pip install 'occ[serve]'") from None

@@ -8,6 +8,8 @@ from typing import Annotated
 import typer
 
 from occ.cli.common import RegistryOpt, err, handle_errors, markup_path, open_registry, stage_progress, warn
+from occ.cli.refit import refit_options
+from occ.sources import export
 
 
 @handle_errors
@@ -20,8 +22,6 @@ def export_cmd(name: Annotated[str, typer.Argument(help="The source to export.")
     records what decides the source here; imported elsewhere, an lda source is decided by that registry's
     joint model."""
     from rich.markup import escape
-
-    from occ.sources import export
 
     path, record = export(open_registry(registry), name, file, replace=replace)
     decided = "" if record.threshold is None else f" (threshold {record.threshold:.3f}, decided by {record.describe()})"
@@ -37,7 +37,7 @@ def import_cmd(
 ) -> None:
     """Add a source from a file made by `occ export` (validated first; a bad file writes nothing); the
     registry's joint model is then refitted with it."""
-    from occ.cli.refit import refit_options
+    # deferred: loads PIL and torch, which occ --help, occ sources and cached scoring never import
     from occ.enrollment import training_overlaps
 
     reg = open_registry(registry)

@@ -23,8 +23,11 @@ from occ.cli.common import (
     stage_progress,
     warn,
 )
+from occ.cli.refit import refit_options
+from occ.decisions import JOINT, WEAK_TPR, for_registry, for_source
 from occ.errors import OccError, RegistryError, UsageError, one_line
 from occ.paths import display_path
+from occ.sources import details, listing, set_threshold
 
 sources_app = typer.Typer(help="List, show and remove enrolled sources.", no_args_is_help=False, **TYPER_SETTINGS)
 
@@ -47,9 +50,6 @@ def sources(ctx: typer.Context, registry: RegistryOpt = None,
     held-out images at its threshold (held-out TPR below 0.5): it names few of its images; enroll more,
     or more typical, images."""
     from rich.markup import escape
-
-    from occ.decisions import JOINT, for_registry
-    from occ.sources import listing
 
     if ctx.invoked_subcommand is not None:
         return
@@ -95,9 +95,6 @@ def sources(ctx: typer.Context, registry: RegistryOpt = None,
 def sources_show(name: NameArg, registry: RegistryOpt = None) -> None:
     """Everything stored about one source (settings, provenance), and what decides it ("decision": its
     threshold, held-out rates and radius in the model that decides it, and that model), as JSON on stdout."""
-    from occ.decisions import for_source
-    from occ.sources import details
-
     reg = open_registry(registry)
     out.print_json(json.dumps(details(for_source(reg, name), reg.info(name).meta)))
 
@@ -108,8 +105,6 @@ def sources_remove(name: NameArg, yes: Annotated[bool, typer.Option("--yes", hel
                    registry: RegistryOpt = None) -> None:
     """Remove an enrolled source (asks first unless --yes); the joint model of the other lda sources is
     refitted without it."""
-    from occ.cli.refit import refit_options
-
     reg = open_registry(registry)
     reg.info(name)
     if not yes:
@@ -135,9 +130,6 @@ def sources_set_threshold(
     the two rules --far and --tpr; a rule not given keeps its stored value. For an lda source the
     threshold that changes is the registry's joint model's; what decides the source is read back and
     printed."""
-    from occ.cli.refit import refit_options
-    from occ.sources import WEAK_TPR, set_threshold
-
     reg = open_registry(registry)
     with stage_progress("refit: {stage}") as on_progress:
         record = set_threshold(reg, name, far, tpr, refit=refit_options(on_progress))

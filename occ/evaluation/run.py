@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from occ.attribution import Attributor
 from occ.errors import ImageError, OccError, UsageError
 from occ.evaluation.report import (
     BOOTSTRAP_N,
@@ -23,9 +24,11 @@ from occ.evaluation.report import (
     condition,
     warnings,
 )
+from occ.features import FeatureExtractor
 from occ.images import iter_paths
 from occ.paths import display_path
 from occ.perturb import Perturbation, parse_perturb_spec
+from occ.registry import Registry
 
 # -- inputs ----------------------------------------------------------------------------------------
 
@@ -92,10 +95,6 @@ def evaluate(
     Raises :class:`UsageError` for an empty registry, a ``root`` without subfolders, or subfolders
     without a single candidate image file.
     """
-    from occ.attribution import Attributor
-    from occ.features import FeatureExtractor
-    from occ.registry import Registry
-
     start = time.perf_counter()
     conditions: list[Perturbation | None] = [None, *_perturbations(perturbations)]
     folders = label_folders(root)

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import secrets
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 import filelock
 
 from occ.errors import OccError, RegistryError, UsageError, first_line
+from occ.openset import after_change
 from occ.paths import registry_dir
 from occ.registry import files, schema
 from occ.registry.archive import read_export, write_export
@@ -33,6 +35,7 @@ from occ.registry.files import (
 from occ.registry.schema import (
     CURRENT_FILE,
     EXPORT_SUFFIX,
+    JOINT_PREFIX,
     JOINT_RE,
     JOINT_TMP_RE,
     LOCK_FILE,
@@ -387,6 +390,15 @@ class Registry:
     def _exists(self, name: str) -> UsageError:
         return usage_error(f"source {q(name)} already exists in {self.root}; use --replace to overwrite it")
 
+    def joint_path(self, fingerprint: str) -> Path:
+        """Where the joint model of the lda sources enrolled on the backbone ``fingerprint`` is stored (the
+        layout's ``joint-<key>.safetensors``; what is in it is :mod:`occ.openset`'s)."""
+        return self.root / f"{JOINT_PREFIX}{hashlib.sha256(fingerprint.encode()).hexdigest()[:16]}.safetensors"
+
+    def joint_files(self) -> list[Path]:
+        """The stored joint model files, sorted."""
+        return sorted(self.root.glob(f"{JOINT_PREFIX}*.safetensors"))
+
     def write_joint(self, filename: str, data: bytes | None, *, versions: Mapping[str, str | None] | None = None
                     ) -> bool:
         """Replace the joint model file ``filename`` (``joint-<key>.safetensors``, see the layout) with
@@ -426,8 +438,6 @@ class Registry:
         happened: an error says so."""
         if refit is False:
             return
-        from occ.openset import after_change
-
         try:
             after_change(self, metas, refit)
         except OccError as exc:

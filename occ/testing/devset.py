@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from occ.images import load_image
+
 ROOT = Path(__file__).resolve().parents[2]  # the repository, in a source checkout
 DEVSET = ROOT.parent / "shared" / "data" / "devset"
 WORK = ROOT / "bench" / "work"
@@ -24,8 +26,6 @@ def manifest(devset: Path) -> list[dict]:
 
 def normalise_bytes(path: Path) -> bytes:
     from PIL import Image
-
-    from occ.images import load_image
 
     image = load_image(path).image
     w, h = image.size

@@ -17,6 +17,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from occ.backbones.base import Backbone, Preprocessing, Trunk
+from occ.features import FeatureExtractor
+
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 
@@ -190,8 +193,6 @@ def stub_backbone():
     """A backbone with the tiny CLIP's shapes whose trunk is a fixed random linear map of the pixels.
 
     It needs torch only (no transformers), so a spawned process starts in about a second."""
-    from occ.backbones.base import Backbone, Preprocessing, Trunk
-
     class StubBackbone(Backbone):
         model_id = "stub"
         engine = "torch-fp32"
@@ -224,8 +225,6 @@ def extract_in_subprocess(paths: list[str], cache_root: str, rounds: list[list[i
     """With the stub backbone, wait for the other workers, then extract ``paths`` into ``cache_root``
     once per entry of ``rounds`` (token blocks per round); save the last round's embeddings."""
     from safetensors.torch import save_file
-
-    from occ.features import FeatureExtractor
 
     torch.set_num_threads(1)
     backbone = stub_backbone()
