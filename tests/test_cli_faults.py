@@ -342,7 +342,11 @@ def test_damaged_verifier_is_refused_and_attribute_goes_on(w, tmp_path, damage) 
         assert set(a) == {"name", "error"} and a["name"] == "a" and needle in a["error"], a
         assert b["name"] == "b" and b["threshold"] is None and b["weak"] is None, b
         refit = invoke("refit", "--registry", reg)
-        assert refit.code == 0 and refit.err_lines[0].startswith("source 'a' left out: "), refit
+        # a source left out fails the command (exit 1) with one line naming it and why; b is refitted
+        left_out = [line for line in refit.err_lines if " left out: " in line]
+        assert refit.code == 1 and left_out == [refit.err_lines[0]], refit
+        assert left_out[0].startswith("source 'a' left out: ") and needle in left_out[0], refit
+        assert "joint model refitted over 1 source(s) (b)" in refit.stderr, refit
         b = invoke("sources", "--registry", reg, "--json").json()[1]
         verified = invoke("verify", w.b_test, "--source", "b", "--registry", reg, "--json").json()
         assert b["weak"] is False and {r["threshold"] for r in verified} == {b["threshold"]}, (b, verified)

@@ -158,6 +158,61 @@ def test_kill_9_during_refit(tmp_path, images, tiny_vision_dir, tiny_vision_back
     assert "stored joint model does not match" not in run.stderr
 
 
+# Stops the refit with its joint model written to the temporary file and not yet moved into place.
+KILL_IN_REPLACE_CHILD = r"""
+import os, sys, time
+real_replace = os.replace
+
+def replace(src, dst, *args, **kwargs):
+    if os.path.basename(os.fspath(src)).startswith(".joint-"):
+        sys.stderr.write("at joint-replace\n"); sys.stderr.flush(); time.sleep(3600)
+    return real_replace(src, dst, *args, **kwargs)
+
+os.replace = replace
+sys.argv = ["occ", *sys.argv[1:]]
+from occ.cli import main
+main()
+"""
+
+
+def _kill_at(script: str, marker: str, argv: list) -> None:
+    """Run ``occ ARGV`` in a child running ``script``; kill -9 it once it says ``marker`` on stderr."""
+    child = subprocess.Popen([sys.executable, "-c", script, *argv], env=subprocess_env(), stderr=subprocess.PIPE,
+                             text=True)
+    try:
+        deadline = time.monotonic() + 240
+        line = ""
+        while marker not in line and time.monotonic() < deadline:
+            line = child.stderr.readline() or line
+            if child.poll() is not None:
+                break
+        assert marker in line, child.stderr.read()
+        os.kill(child.pid, signal.SIGKILL)
+    finally:
+        child.wait(30)
+
+
+def test_kill_9_while_the_joint_model_is_moved_into_place(tmp_path, images, tiny_vision_dir, tiny_vision_backbone):
+    reg = _enroll_all(tmp_path / "r", ["noise", "grad"], images, tiny_vision_backbone)
+    path = reg.joint_path(tiny_vision_backbone.fingerprint)
+    before = path.read_bytes()
+    layout = sorted(os.listdir(reg.root))
+    assert not [n for n in layout if n.endswith(".tmp")]
+    _kill_at(KILL_IN_REPLACE_CHILD, "at joint-replace",
+             [str(a) for a in occ_argv("refit", "--registry", reg.root, "--backbone", tiny_vision_dir)[3:]])
+    strays = [n for n in os.listdir(reg.root) if n.startswith(".joint-") and n.endswith(".tmp")]
+    assert len(strays) == 1  # killed with the new model whole in its temporary file, under the lock
+    assert path.read_bytes() == before  # the stored model is the previous one, whole
+    # the registry is usable as it is: every source attributes, with the stored (matching) model
+    run = invoke("attribute", images["noise"][1], "--registry", reg.root, "--backbone", tiny_vision_dir, "--json")
+    assert run.code == 0 and "stored joint model does not match" not in run.stderr, run
+    # and the next write sweeps what the killed one left: the registry folder is as it was
+    run = invoke("refit", "--registry", reg.root, "--backbone", tiny_vision_dir)
+    assert run.code == 0, run
+    assert sorted(os.listdir(reg.root)) == layout
+    assert not joint_for(reg, tiny_vision_backbone)[1]
+
+
 def test_overlapping_training_sets_are_reported(tmp_path, images, tiny_vision_dir):
     reg = tmp_path / "r"
     assert invoke("enroll", "noise", images["noise"][0], "--registry", reg, "--backbone", tiny_vision_dir).code == 0

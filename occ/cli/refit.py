@@ -3,6 +3,10 @@ command that changes the registry shows the refit the library does after it."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+import typer
+
 from occ.cli.common import (
     BackboneOpt,
     RegistryOpt,
@@ -34,11 +38,21 @@ def refit_options(on_progress, backbone=None):
 def refit_cmd(registry: RegistryOpt = None, backbone: BackboneOpt = None) -> None:
     """Refit the registry-wide model that decides among lda sources (the library does it after every
     enroll, replace, remove, import and set-threshold; run it after an interrupted one, or to bring an
-    older registry up to date)."""
+    older registry up to date). Exit code 1 when a source had to be left out (one line on stderr each:
+    which, and why); the model is then refitted over the others."""
     reg = open_registry(registry)
     require_enrolled(reg)
     bb = backbone_for(backbone, reg) if backbone is not None else None
+    left_out = []
+
+    def leave_out(name, exc) -> None:
+        left_out.append(name)
+        report_left_out(name, exc)
+
     with stage_progress("refit: {stage}") as on_progress:
-        models = sync(reg, None if bb is None else [bb.fingerprint], refit_options(on_progress, bb), force=True)
+        options = replace(refit_options(on_progress, bb), on_skip=leave_out)
+        models = sync(reg, None if bb is None else [bb.fingerprint], options, force=True)
     if bb is not None and not models:
         err.print(f"no lda source made on backbone {bb.fingerprint}: nothing to refit", markup=False)
+    if left_out:
+        raise typer.Exit(1)
