@@ -8,11 +8,13 @@
   pulls in, at its own module level, one of :data:`HEAVY` that the importing module does not, and the
   import says why in a comment (on its line or the line above). ``occ --help``, ``occ sources`` and scoring
   cached features do not import them (``tests/test_cli.py``, ``tests/test_cli_cached.py``);
+* README's Layout section names every module of ``occ/``.
 """
 
 from __future__ import annotations
 
 import ast
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -191,3 +193,16 @@ def test_occ_modules_are_imported_in_functions_only_to_defer_a_heavy_dependency(
     assert pointless == [], "import these at module level (or move what they share down a layer)"
     silent = [f"{i.importer}:{i.line} -> {i.target}" for i in deferred if not i.comment]
     assert silent == [], "say why the import is deferred"
+
+
+def _layout_section() -> str:
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    match = re.search(r"^## Layout\n(.*?)(?=^## |\Z)", readme, flags=re.S | re.M)
+    assert match, "README has no Layout section"
+    return match.group(1)
+
+
+def test_readme_layout_names_every_module() -> None:
+    named = set(re.findall(r"`(occ(?:\.\w+)*)", _layout_section()))
+    missing = sorted(set(MODULES) - named)
+    assert missing == [], f"README's Layout section does not name {missing} (by their dotted names)"
