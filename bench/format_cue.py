@@ -30,11 +30,12 @@ SPECS = ("jpeg:90", "jpeg:75", "resize:0.5")
 
 
 def photo_rates(d, dec) -> dict:
-    by: dict[str, list[bool]] = {}
-    for p, kind in d["real_kind"].items():
-        by.setdefault(kind, []).append(dec[p].source is not None)
     return {"all": float(np.mean([dec[str(p)].source is not None for p in d["real"]])),
-            **{k: float(np.mean(v)) for k, v in sorted(by.items())}}
+            **G.photos_accepted_by_kind(d, dec)}
+
+
+def mean_std(values) -> dict:
+    return {"mean": float(np.mean(values)), "std": float(np.std(values))}
 
 
 def main():
@@ -55,6 +56,12 @@ def main():
     backbone = load_backbone(None)
     extractor = FeatureExtractor(backbone)
     rows = []
+
+    def save(**extra):
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"protocol": __doc__, "args": vars(args) | {"out": str(args.out)},
+                                        "rows": rows, **extra}, indent=1))
+
     for group in ("imagen", "t2icmp"):
         for seed in range(args.seeds):
             t0 = time.perf_counter()
@@ -73,19 +80,15 @@ def main():
             print(json.dumps({k: row[k] for k in ("split", "seed")} | {
                 k: {"own": round(row[k]["own_accept"], 3), "photos": round(row[k]["photos_accepted"]["all"], 3)}
                 for k in ("clean", *SPECS)}), flush=True)
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(json.dumps({"protocol": __doc__, "args": vars(args) | {"out": str(args.out)},
-                                            "rows": rows}, indent=1))
+            save()
     summary = {}
     for split in sorted({r["split"] for r in rows}):
         rs = [r for r in rows if r["split"] == split]
-        summary[split] = {k: {"own_accept": {"mean": float(np.mean([r[k]["own_accept"] for r in rs])),
-                                             "std": float(np.std([r[k]["own_accept"] for r in rs]))},
-                              "photos_accepted": {kind: float(np.mean([r[k]["photos_accepted"][kind] for r in rs]))
+        summary[split] = {k: {"own_accept": mean_std([r[k]["own_accept"] for r in rs]),
+                              "photos_accepted": {kind: mean_std([r[k]["photos_accepted"][kind] for r in rs])
                                                   for kind in rs[0][k]["photos_accepted"]}}
                           for k in ("clean", *SPECS)}
-    args.out.write_text(json.dumps({"protocol": __doc__, "args": vars(args) | {"out": str(args.out)},
-                                    "rows": rows, "summary": summary}, indent=1))
+    save(summary=summary)
     print(json.dumps(summary, indent=1))
 
 

@@ -274,17 +274,22 @@ def metrics(d, dec):
         ver.append(roc_auc(pos, neg))
     ck = [conf(dec[str(p)]) for p, _ in kpaths]
     cu = [conf(dec[str(p)]) for p in allu]
-    by_kind = {}
-    for p, kind in d.get("real_kind", {}).items():
-        by_kind.setdefault(kind, []).append(dec[p].source is not None)
     return {"verification_auc": float(np.mean(ver)), "open_set_auroc": roc_auc(ck, cu),
             "closed_set_accuracy": float(np.mean([max(known, key=lambda n: dec[str(p)].raw[n]) == s
                                                   for p, s in kpaths])),
-            **{f"real_accepted:{k}": float(np.mean(v)) for k, v in sorted(by_kind.items())},
+            **{f"real_accepted:{k}": v for k, v in photos_accepted_by_kind(d, dec).items()},
             "known_correct": float(np.mean([dec[str(p)].source == s for p, s in kpaths])),
             "unknown_rejected": float(np.mean([dec[str(p)].source is None for p in allu])),
             "unknown_generators_rejected": float(np.mean([dec[str(p)].source is None for p in upaths])),
             "real_accepted": float(np.mean([dec[str(p)].source is not None for p in allu if str(p) in rpaths]))}
+
+
+def photos_accepted_by_kind(d, dec) -> dict[str, float]:
+    """Per kind of photo (``d["real_kind"]``), the rate of its photos named as some source."""
+    by_kind: dict[str, list[bool]] = {}
+    for p, kind in d.get("real_kind", {}).items():
+        by_kind.setdefault(kind, []).append(dec[p].source is not None)
+    return {k: float(np.mean(v)) for k, v in sorted(by_kind.items())}
 
 
 def own_accept(d, dec):
