@@ -194,15 +194,20 @@ class Attributor:
                         why = decisions.reason(name, True, False, joint.names[joint.best[i]], bool(joint.within[i, j]))
                         if why is not None:
                             reasons[i][name] = why
-        thresholds = {name: calibrations[name].calibrated_threshold for name in self.verifiers}
-        raw_thresholds = {name: calibrations[name].threshold for name in self.verifiers}
+        names = list(self.verifiers)
+        thresholds = {name: calibrations[name].calibrated_threshold for name in names}
+        raw_thresholds = {name: calibrations[name].threshold for name in names}
+        # (N, K) arrays turned into rows at once: per-row work over every source dominated a cached
+        # attribution over a registry of many sources
+        score_rows = np.stack([np.asarray(calibrated[n], np.float64) for n in names], 1).tolist()
+        raw_rows = np.stack([np.asarray(raw[n], np.float64) for n in names], 1).tolist()
+        accepts = np.stack([np.asarray(accepted[n], bool) for n in names], 1)
         out = []
         for i, path in enumerate(paths):
-            scores = {name: float(calibrated[name][i]) for name in self.verifiers}
-            ok = sorted((n for n in self.verifiers if accepted[n][i]), key=lambda n: (-scores[n], n))
+            scores = dict(zip(names, score_rows[i]))
+            ok = sorted((names[j] for j in np.flatnonzero(accepts[i])), key=lambda n, s=scores: (-s[n], n))
             out.append(Decision(str(path), ok[0] if ok else None, scores, ok, thresholds,
-                                {name: float(raw[name][i]) for name in self.verifiers}, raw_thresholds,
-                                dict(sorted(reasons[i].items()))))
+                                dict(zip(names, raw_rows[i])), raw_thresholds, dict(sorted(reasons[i].items()))))
         return out
 
     def results(self, inputs: Iterable) -> Iterator[Decision | ImageError]:

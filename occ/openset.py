@@ -151,10 +151,16 @@ def _joint_sources(registry, backbone: Backbone, on_skip=None):
     out = {}
     for name in registry.names():
         try:
-            record = registry.info(name)
-            if not decided_jointly(record.meta) or enrolled_on(record.meta) != backbone.fingerprint:
+            try:
+                record, tensors = registry.load_record(name, framework="numpy")  # one read of the source
+            except OccError:
+                meta = registry.info(name).meta  # an unusable source matters here only if it is one of them
+                if decided_jointly(meta) and enrolled_on(meta) == backbone.fingerprint:
+                    raise
                 continue
-            tensors, meta = registry.load(name, framework="numpy")
+            meta = record.meta
+            if not decided_jointly(meta) or enrolled_on(meta) != backbone.fingerprint:
+                continue
             if not all(k in tensors for k in EVIDENCE_KEYS):
                 raise RegistryError(f"source '{name}' stores no training evidence: re-enroll it")
             if not all(k in tensors for k in LOW_EVIDENCE_KEYS):

@@ -159,10 +159,15 @@ class Registry:
         """Tensors and metadata of ``name``, both verified against their checksums. Which backbone the
         source needs is the verifier's business (:func:`occ.verifier.check_backbone`), not the store's.
         ``framework="numpy"``: the tensors as numpy arrays, without importing torch."""
+        record, tensors = self.load_record(name, framework)
+        return tensors, record.meta
+
+    def load_record(self, name: str, framework: str = "torch") -> tuple[SourceRecord, dict[str, Any]]:
+        """:meth:`load` with the whole record (version folder included), from one read of the source."""
         read = self._read(name, with_tensors=True)
         assert read.tensor_bytes is not None
         where = f"source {q(name)}: {read.record.path / TENSOR_FILE}"
-        return parse_tensors(read.tensor_bytes, where, framework), read.record.meta
+        return read.record, parse_tensors(read.tensor_bytes, where, framework)
 
     def _read_registry_file(self) -> dict[str, Any] | None:
         path = self.root / REGISTRY_FILE
