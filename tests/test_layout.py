@@ -8,7 +8,7 @@
   pulls in, at its own module level, one of :data:`HEAVY` that the importing module does not, and the
   import says why in a comment (on its line or the line above). ``occ --help``, ``occ sources`` and scoring
   cached features do not import them (``tests/test_cli.py``, ``tests/test_cli_cached.py``);
-* README's Layout section names every module of ``occ/``.
+* README's Layout section names every module of ``occ/``, and ``pyproject.toml`` installs every package.
 """
 
 from __future__ import annotations
@@ -206,3 +206,11 @@ def test_readme_layout_names_every_module() -> None:
     named = set(re.findall(r"`(occ(?:\.\w+)*)", _layout_section()))
     missing = sorted(set(MODULES) - named)
     assert missing == [], f"README's Layout section does not name {missing} (by their dotted names)"
+
+
+def test_pyproject_installs_every_package() -> None:
+    # setuptools' package list is explicit: a package left out of it is missing from a non-editable install
+    pyproject = (REPO / "pyproject.toml").read_text(encoding="utf-8")
+    listed = set(re.findall(r'"([\w.]+)"', re.search(r"^packages = \[(.*?)\]", pyproject, flags=re.M | re.S).group(1)))
+    packages = {name for name, path in MODULES.items() if path.name == "__init__.py"}
+    assert packages - listed == set(), "add these to [tool.setuptools] packages in pyproject.toml"
