@@ -34,15 +34,36 @@ DEFAULT_FAR = 0.05
 DEFAULT_TARGET_TPR = 0.90
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Calibration:
-    pos_scores: tuple[float, ...]  # held-out raw scores of target images
-    neg_scores: tuple[float, ...]  # held-out raw scores of non-target images
+    """Held-out scores, the rules and the threshold they give, and the Platt map. The held-out scores
+    are read-only float64 arrays (a joint model over many sources keeps, per source, the scores of
+    every other source's rows: as Python floats they cost more to load than to decide)."""
+
+    pos_scores: np.ndarray  # held-out raw scores of target images
+    neg_scores: np.ndarray  # held-out raw scores of non-target images
     far: float
     target_tpr: float
     threshold: float  # on the raw scale: accept when raw >= threshold
     slope: float
     intercept: float
+
+    def __post_init__(self):
+        for name in ("pos_scores", "neg_scores"):
+            scores = np.asarray(getattr(self, name), dtype=np.float64).reshape(-1)
+            if scores.flags.writeable:  # a copy of the caller's array, which it may change later
+                scores = scores.copy()
+                scores.setflags(write=False)
+            object.__setattr__(self, name, scores)
+
+    def __eq__(self, other) -> bool:
+        if not isinstance(other, Calibration):
+            return NotImplemented
+        return (self.to_dict(scores=False) == other.to_dict(scores=False)
+                and np.array_equal(self.pos_scores, other.pos_scores)
+                and np.array_equal(self.neg_scores, other.neg_scores))
+
+    __hash__ = None  # compared by value, arrays included: not hashable
 
     @classmethod
     def fit(cls, pos_scores, neg_scores, far: float = DEFAULT_FAR,
@@ -55,8 +76,8 @@ class Calibration:
         check_tpr(target_tpr)
         slope, intercept = _platt(pos, neg)
         return cls(
-            pos_scores=tuple(float(v) for v in pos),
-            neg_scores=tuple(float(v) for v in neg),
+            pos_scores=pos,
+            neg_scores=neg,
             far=float(far),
             target_tpr=float(target_tpr),
             threshold=choose_threshold(pos, neg, far, target_tpr),
@@ -101,21 +122,24 @@ class Calibration:
     def auc(self) -> float:
         return metrics.roc_auc(self.pos_scores, self.neg_scores)
 
-    def to_dict(self) -> dict:
-        return {
+    def to_dict(self, scores: bool = True) -> dict:
+        """The calibration as JSON-ready values; without the held-out scores when ``scores`` is False (a
+        caller that stores them as tensors)."""
+        out = {
             "far": self.far,
             "target_tpr": self.target_tpr,
             "threshold": _finite(self.threshold),
             "slope": self.slope,
             "intercept": self.intercept,
-            "pos_scores": list(self.pos_scores),
-            "neg_scores": list(self.neg_scores),
         }
+        if scores:
+            out.update(pos_scores=self.pos_scores.tolist(), neg_scores=self.neg_scores.tolist())
+        return out
 
     @classmethod
     def from_dict(cls, data: dict) -> Calibration:
         # The threshold may be stored as "inf" or "-inf" (JSON has no infinity): float() reads both forms.
-        return cls(tuple(map(float, data["pos_scores"])), tuple(map(float, data["neg_scores"])),
+        return cls(np.asarray(data["pos_scores"], dtype=np.float64), np.asarray(data["neg_scores"], dtype=np.float64),
                    float(data["far"]), float(data["target_tpr"]), float(data["threshold"]), float(data["slope"]),
                    float(data["intercept"]))
 

@@ -367,10 +367,8 @@ class JointModel:
                    "odds_weight": self.log_odds_.weight, "odds_bias": self.log_odds_.bias}
         calibrations = {}
         for n, c in self.calibrations_.items():
-            params = c.to_dict()
-            for key in ("pos_scores", "neg_scores"):
-                tensors[_scores_key(key, n)] = np.asarray(params.pop(key), dtype=np.float64)
-            calibrations[n] = params
+            tensors[_scores_key("pos_scores", n)], tensors[_scores_key("neg_scores", n)] = c.pos_scores, c.neg_scores
+            calibrations[n] = c.to_dict(scores=False)
         meta = {"dims": self.dims, "folds": self.folds, "seed": self.seed, "min_margin": self.min_margin,
                 "discriminative": self.discriminative, "stream": self.stream and self.stream.to_dict(),
                 "names": list(self.names_), "calibrations": calibrations, "radii": dict(self.radii_),
@@ -390,7 +388,7 @@ class JointModel:
         model.geometry_ = Geometry(mean, proj, centres)
         model.log_odds_ = LogOdds(weight, bias)
         model.calibrations_ = {n: Calibration.from_dict(
-            meta["calibrations"][n] | {key: np.asarray(tensors[_scores_key(key, n)], dtype=np.float64).tolist()
+            meta["calibrations"][n] | {key: np.asarray(tensors[_scores_key(key, n)], dtype=np.float64)
                                        for key in ("pos_scores", "neg_scores")}) for n in model.names_}
         model.radii_ = {n: float(meta["radii"][n]) for n in model.names_}
         model.n_rows_ = dict(meta.get("n_rows", {}))

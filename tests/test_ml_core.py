@@ -123,7 +123,7 @@ def test_calibrated_scores_are_monotone_probabilities_and_thresholds_move_with_f
     assert ((p >= 0) & (p <= 1)).all() and (np.diff(p) > 0).all()
     assert np.array_equal(cal.accept(raw), p >= cal.calibrated_threshold - 1e-12)
     looser = cal.with_far(0.5, 0.99)
-    assert looser.threshold <= cal.threshold and looser.pos_scores == cal.pos_scores
+    assert looser.threshold <= cal.threshold and np.array_equal(looser.pos_scores, cal.pos_scores)
     assert Calibration.from_dict(looser.to_dict()) == looser
 
 
