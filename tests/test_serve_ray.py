@@ -1,0 +1,303 @@
+"""``occ serve --engine ray`` (issue 26): the CLI in a child process deploying a real Ray Serve application,
+talked to over HTTP on a free loopback port.
+
+One Ray runtime per module, started by this test process (``distributed.init``, 2 CPUs) in its own temp
+folder and with its own token: the ``served`` child joins it with ``--ray-address`` and runs 2 replicas of
+one CPU each, so this process reads what runs from Ray Serve itself (``serve.status()``, the cluster's free
+CPUs). One more child starts a local runtime of its own (no ``--ray-address``). Answers are compared with
+``occ attribute/verify --json`` on the same files; the ``X-Occ-Replica`` header says which replica answered.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import clikit
+import pytest
+from clikit import check_attribute_row, check_error_row, check_verify_row, free_port, invoke
+
+pytest.importorskip("fastapi")
+pytest.importorskip("ray.serve")
+
+from servekit import multipart  # noqa: E402
+
+from occ import distributed  # noqa: E402
+from occ import serve as occ_serve  # noqa: E402
+from occ.registry import Registry  # noqa: E402
+
+TOKEN = "t0ken"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def http(method: str, url: str, files=None, headers=None) -> tuple[int, object, str | None]:
+    """(status, JSON body, the replica that answered)."""
+    import json
+
+    body, hdrs = None, dict(headers or {})
+    if files is not None:
+        body, hdrs["Content-Type"] = multipart(files)
+    request = urllib.request.Request(url, data=body, method=method, headers=hdrs)
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read()), response.headers.get(occ_serve.REPLICA_HEADER)
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read()), exc.headers.get(occ_serve.REPLICA_HEADER)
+
+
+def uploads(*paths: Path) -> list[tuple[str, bytes]]:
+    return [(p.name, p.read_bytes()) for p in paths]
+
+
+def _processes_under(folder: Path) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if str(folder) in (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                    pids.append(int(entry.name))
+            except OSError:
+                pass
+    return pids
+
+
+def _reap(folder: Path) -> None:
+    """Kill whatever still runs from a Ray temp folder (nothing, after a clean stop), then remove it."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in _processes_under(folder):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 10
+        while _processes_under(folder) and time.monotonic() < deadline:
+            time.sleep(0.2)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def w(tmp_path_factory, tiny_clip_dir) -> clikit.World:
+    return clikit.world(tmp_path_factory, tiny_clip_dir)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """(GCS address, environment for children) of a 2-CPU Ray runtime of this process, in a temp folder of
+    its own (short: Ray's socket paths have a length limit) and with a token of its own."""
+    import ray
+    from ray import serve
+
+    temp = Path(tempfile.mkdtemp(prefix="occray", dir="/tmp"))
+    env = {"RAY_TMPDIR": str(temp), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
+           "RAY_USAGE_STATS_ENABLED": "0"}
+    assert not ray.is_initialized()
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in env.items():
+            mp.setenv(key, value)
+        try:
+            distributed.init(None, num_cpus=2)
+            yield ray.get_runtime_context().gcs_address, env
+        finally:
+            serve.shutdown()
+            ray.shutdown()
+            _reap(temp)
+
+
+def start(*args, env: dict, timeout: float = 180) -> tuple[subprocess.Popen, str]:
+    """A child ``occ serve --engine ray ARGS`` and its 'serving on' line."""
+    proc = subprocess.Popen(clikit.occ_argv("serve", "--engine", "ray", *args), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=clikit.subprocess_env(**env))
+    line, seen = "", []
+    deadline = time.monotonic() + timeout
+    while "serving on" not in line:
+        if time.monotonic() > deadline or proc.poll() is not None:
+            proc.kill()
+            raise AssertionError(f"occ serve --engine ray did not start: {''.join(seen)[-3000:]}")
+        line = proc.stderr.readline()
+        seen.append(line)
+    return proc, line
+
+
+def stop(proc: subprocess.Popen) -> tuple[int, str, str]:
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    return proc.returncode, out, err
+
+
+@pytest.fixture(scope="module")
+def served(w, cluster, tmp_path_factory, tiny_clip_dir):
+    """(base URL, registry folder, the child, its 'serving on' line): 2 replicas joined to ``cluster``."""
+    address, env = cluster
+    reg = clikit.copy_registry(w.reg_ab, tmp_path_factory.mktemp("serve-ray") / "reg")
+    port = free_port()
+    proc, line = start("--ray-address", address, "--replicas", "2", "--threads", "1", "--port", port,
+                       "--max-images", "4", "--max-image-bytes", "200000", "--registry", reg,
+                       "--backbone", tiny_clip_dir, env={**env, "OCC_SERVE_TOKEN": TOKEN})
+    try:
+        yield f"http://127.0.0.1:{port}", reg, proc, line
+    finally:
+        if proc.poll() is None:
+            stop(proc)
+
+
+def replicas_answering(url: str, path: str = "/healthz", headers=None, n: int = 40) -> dict[str, object]:
+    """{replica id: its body} over ``n`` requests, 4 at a time (the router spreads them)."""
+    seen: dict[str, object] = {}
+    lock = threading.Lock()
+
+    def client():
+        for _ in range(n // 4):
+            status, body, replica = http("GET", url + path, headers=headers)
+            assert status == 200, body
+            with lock:
+                seen[replica] = body
+
+    threads = [threading.Thread(target=client) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    return seen
+
+
+def test_two_replicas_run_read_back_from_ray_serve(served, cluster, tiny_backbone) -> None:
+    import ray
+
+    url, _, _, line = served
+    assert occ_serve.running_replicas() == 2  # Ray Serve's own status, in this process
+    assert ray.available_resources().get("CPU", 0) == 0  # 2 replicas x --threads 1 on the 2 CPUs
+    address = cluster[0]
+    assert f"(2 replica(s) on the Ray cluster at {address}, 2 source(s)" in line, line
+    assert "1 thread(s) per replica, token required" in line, line
+    seen = replicas_answering(url)
+    assert len(seen) == 2 and None not in seen, seen
+    assert all(body == {"status": "ok", "backbone": tiny_backbone.fingerprint, "sources": 2}
+               for body in seen.values())
+
+
+def test_token_required_and_accepted(served) -> None:
+    url = served[0]
+    assert http("GET", f"{url}/v1/sources")[0] == 401
+    assert http("GET", f"{url}/v1/sources", headers={"Authorization": "Bearer wrong"})[0] == 401
+    status, body, _ = http("GET", f"{url}/v1/sources", headers=AUTH)
+    assert status == 200 and [s["name"] for s in body] == ["a", "b"]
+
+
+def test_answers_are_the_plain_engines_with_bad_uploads_in_place(served, w) -> None:
+    url, reg, _, _ = served
+    good = [w.good(0), sorted(w.b_test.iterdir())[0]]
+    files = [*uploads(good[0]), ("junk.png", b"not an image at all"), ("too-big.png", b"\0" * 200_001),
+             *uploads(good[1])]
+    status, rows, _ = http("POST", f"{url}/v1/attribute", files, headers=AUTH)
+    assert status == 200, rows
+    assert [r["path"] for r in rows] == [name for name, _ in files]
+    check_error_row(rows[1])
+    assert rows[1]["error"] == "not an image (unrecognised content)"
+    assert rows[2]["error"] == "upload too large (over 200000 bytes)"  # --max-image-bytes
+    cli = {Path(r["path"]).name: r for r in invoke("attribute", *good, "--registry", reg, "--json").json()}
+    for row in (rows[0], rows[3]):
+        check_attribute_row(row, ["a", "b"])
+        assert row == dict(cli[row["path"]], path=row["path"])
+    assert (rows[0]["source"], rows[3]["source"]) == ("a", "b")
+    status, rows, _ = http("POST", f"{url}/v1/verify?source=a", uploads(w.good(0), w.good(2)), headers=AUTH)
+    assert status == 200
+    cli = invoke("verify", w.good(0), w.good(2), "--source", "a", "--registry", reg, "--json").json()
+    for row, expected in zip(rows, cli):
+        check_verify_row(row, "a")
+        assert row == dict(expected, path=Path(expected["path"]).name)
+    status, body, _ = http("POST", f"{url}/v1/attribute", uploads(*[w.good(i) for i in range(5)]), headers=AUTH)
+    assert status == 413 and "at most 4 images" in body["detail"]  # --max-images
+
+
+def test_concurrent_requests_get_the_same_answers_from_both_replicas(served, w) -> None:
+    url = served[0]
+    files = uploads(w.good(1), sorted(w.b_test.iterdir())[1])
+    answers, errors = [], []
+
+    def client():
+        try:
+            for _ in range(3):
+                answers.append(http("POST", f"{url}/v1/attribute", files, headers=AUTH))
+        except Exception as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=client) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(180)
+    assert not errors and len(answers) == 24, errors
+    assert all(a[:2] == answers[0][:2] for a in answers) and answers[0][0] == 200
+    assert len({a[2] for a in answers}) == 2  # both replicas answered
+
+
+def test_a_registry_change_is_seen_by_every_replica(served) -> None:
+    url, reg, _, _ = served
+    before = replicas_answering(url, "/v1/sources", AUTH)
+    assert len(before) == 2 and all([s["name"] for s in b] == ["a", "b"] for b in before.values())
+    Registry(reg).remove("a")  # the Python API, another "process" than the replicas
+    after = replicas_answering(url, "/v1/sources", AUTH)
+    assert set(after) == set(before), after  # the same two replicas, no restart
+    assert all([s["name"] for s in b] == ["b"] for b in after.values()), after
+    seen = replicas_answering(url, "/healthz")
+    assert len(seen) == 2 and all(body["sources"] == 1 for body in seen.values())
+
+
+def test_ctrl_c_stops_the_application(served) -> None:
+    """Last of the module: Ctrl-C deletes the occ application, its access log went to stderr."""
+    url, _, proc, _ = served
+    code, out, err = stop(proc)
+    assert code == 0, err[-3000:]
+    assert err.rstrip().endswith("stopped") and out == "", (out, err[-3000:])
+    assert "GET /healthz 200" in err  # the default --log-level info: the replicas' access log, relayed
+    assert occ_serve.running_replicas() == 0
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(f"{url}/healthz", timeout=5)  # Serve stopped too: no application left
+
+
+def test_local_runtime_of_its_own_with_its_options(w, cluster, tiny_clip_dir, tmp_path) -> None:
+    """No --ray-address: a runtime of its own (another GCS), 1 replica by default; --host, --threads,
+    --max-pixels and --log-level applied."""
+    temp = Path(tempfile.mkdtemp(prefix="occray", dir="/tmp"))
+    env = {**cluster[1], "RAY_TMPDIR": str(temp)}
+    port = free_port()
+    try:
+        proc, line = start("--host", "127.0.0.2", "--port", port, "--threads", "2", "--max-pixels", "1000",
+                           "--log-level", "warning", "--registry", w.reg_a, "--backbone", tiny_clip_dir, env=env)
+        try:
+            assert line.startswith(f"serving on http://127.0.0.2:{port} (1 replica(s) on the Ray cluster at "), line
+            assert cluster[0] not in line and "2 thread(s) per replica" in line and "token required" not in line
+            url = f"http://127.0.0.2:{port}"
+            with pytest.raises(urllib.error.URLError):  # --host: 127.0.0.2 only
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5)
+            seen = replicas_answering(url, "/healthz", n=12)
+            assert len(seen) == 1 and list(seen.values())[0]["sources"] == 1
+            fresh = clikit.noise_family(tmp_path / "fresh", [900])  # 48x40: over 1,000 pixels
+            status, rows, _ = http("POST", f"{url}/v1/attribute", uploads(*fresh))
+            assert status == 200 and "exceeds the 1000-pixel limit" in rows[0]["error"], rows
+        finally:
+            code, out, err = stop(proc)
+        assert code == 0 and err.rstrip().endswith("stopped"), err[-3000:]
+        assert "GET /healthz" not in err  # --log-level warning: no access log
+        assert _processes_under(temp) == []  # its runtime went with it
+    finally:
+        _reap(temp)
+
+
+def test_usage_errors(w) -> None:
+    for args, said in ((["--replicas", "2"], "--replicas and --ray-address go with --engine ray"),
+                       (["--ray-address", "auto"], "--replicas and --ray-address go with --engine ray"),
+                       (["--engine", "nope"], "unknown engine 'nope'"),
+                       (["--engine", "ray", "--host", "0.0.0.0"], "needs a bearer token"),
+                       (["--engine", "ray", "--replicas", "0"], "--replicas must be >= 1, got 0")):
+        run = invoke("serve", *args, "--registry", w.reg_a)
+        assert run.code == 2 and said in run.stderr, (args, run)
