@@ -349,7 +349,10 @@ def run_on_ray(application, host: str, port: int, log_level: str = "warning"):
         raise UsageError(f"a Ray Serve application named '{RAY_APP}' already runs on this cluster")
     try:
         return serve.run(application, name=RAY_APP, route_prefix="/", logging_config=logging_config)
-    except Exception as exc:  # Ray raises several types for a replica that fails to start
+    except BaseException as exc:  # Ray raises several types for a replica that fails to start; or Ctrl-C
+        stop_on_ray(local=False)
+        if not isinstance(exc, Exception):
+            raise
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
         raise OccError(f"the occ replicas did not start: {lines[-1] if lines else type(exc).__name__}") from None
 

@@ -4,6 +4,8 @@ extra)."""
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import time
 from pathlib import Path
 from typing import Annotated
@@ -97,17 +99,23 @@ def serve_on_ray(service_module, reg, limits, *, host: str, port: int, token: st
                  backbone: str | None, threads: int | None, device: str, replicas: int, address: str | None) -> None:
     """``occ serve --engine ray``: deploy :func:`occ.serve.ray_application` on a local Ray runtime or the
     cluster at ``address``, report what runs (read back from Ray Serve and from a replica), wait for Ctrl-C."""
-    try:
-        import ray
-        import ray.serve  # noqa: F401 (Ray Serve: the 'ray' extra of occ carries it)
-
-        from occ import distributed
-    except ImportError:
-        raise UsageError("--engine ray needs the 'ray' extra of occ: pip install 'occ[ray]'") from None
     import logging
     import os
     import sys
 
+    # read when ray is imported: the replicas' log lines, relayed here, each as it is (Ray would fold
+    # similar access-log lines into "[repeated Nx]"), without colour codes unless stderr is a terminal
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    if not sys.stderr.isatty():
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
+    try:
+        # deferred: Ray and Ray Serve are the 'ray' extra of occ
+        import ray
+        import ray.serve  # noqa: F401
+
+        from occ import distributed
+    except ImportError:
+        raise UsageError("--engine ray needs the 'ray' extra of occ: pip install 'occ[ray]'") from None
     from occ.sources import sources_backbone_spec
     from occ.threads import resolve, usable_cpus
 
@@ -120,31 +128,43 @@ def serve_on_ray(service_module, reg, limits, *, host: str, port: int, token: st
     sock = service_module.bind(host, port)  # refuse a busy port now; 0: the free port it picked
     port = sock.getsockname()[1]
     sock.close()
-    if not sys.stderr.isatty():
-        os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # the replicas' log lines, relayed here: no colour codes
-    distributed.init(address, None if address else max(usable_cpus(), replicas * per_replica), log_to_driver=True)
-    if device == "cuda" and ray.cluster_resources().get("GPU", 0) < replicas:
-        raise UsageError(f"--device cuda: the Ray cluster has {ray.cluster_resources().get('GPU', 0):g} GPU(s) "
-                         f"for {replicas} replica(s)")
-    logging.getLogger("ray.serve").setLevel(logging.WARNING)  # this command says what runs, below
-    application = service_module.ray_application(reg.root, spec, limits, token, replicas=replicas,
-                                                 threads=per_replica, device=device)
-    handle = service_module.run_on_ray(application, host, port, log_level=log_level)
-    try:
-        replica = handle.describe.remote().result()  # what a replica loaded
-        for name, reason in replica["skipped"].items():
-            err.print(f"source '{name}' left out: {reason}", markup=False)
-        shown = f"[{host}]" if ":" in host else host
-        err.print(f"serving on http://{shown}:{port} ({service_module.running_replicas()} replica(s) on the Ray "
-                  f"cluster at {ray.get_runtime_context().gcs_address}, {len(replica['sources'])} source(s), "
-                  f"backbone {replica['backbone']}, {replica['threads']} thread(s) per replica"
-                  f"{', token required' if token else ''}; API docs at /docs)", markup=False)
-        while True:
-            time.sleep(1)
-    except KeyboardInterrupt:  # Ctrl-C: a normal stop
-        pass
-    finally:
-        service_module.stop_on_ray(local=address is None)
-        if address is None:
-            ray.shutdown()
+    # this command writes nothing on stdout, as the plain engine: Ray relays the replicas' output and its
+    # own messages (from background threads, to sys.stdout at the time) to stderr with this command's lines
+    with contextlib.redirect_stdout(sys.stderr):
+        distributed.init(address, None if address else max(usable_cpus(), replicas * per_replica),
+                         log_to_driver=True)
+        previous = signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM stops as Ctrl-C does: cleanly
+        try:
+            if device == "cuda" and ray.cluster_resources().get("GPU", 0) < replicas:
+                raise UsageError(f"--device cuda: the Ray cluster has {ray.cluster_resources().get('GPU', 0):g} "
+                                 f"GPU(s) for {replicas} replica(s)")
+            logging.getLogger("ray.serve").setLevel(logging.WARNING)  # this command says what runs, below
+            application = service_module.ray_application(reg.root, spec, limits, token, replicas=replicas,
+                                                         threads=per_replica, device=device)
+            # deletes what it deployed when the replicas do not start
+            handle = service_module.run_on_ray(application, host, port, log_level=log_level)
+            try:
+                replica = handle.describe.remote().result()  # what a replica loaded
+                handle.shutdown()  # this process routes nothing more to the replicas
+                for name, reason in replica["skipped"].items():
+                    err.print(f"source '{name}' left out: {reason}", markup=False)
+                shown = f"[{host}]" if ":" in host else host
+                err.print(f"serving on http://{shown}:{port} ({service_module.running_replicas()} replica(s) "
+                          f"on the Ray cluster at {ray.get_runtime_context().gcs_address}, "
+                          f"{len(replica['sources'])} source(s), backbone {replica['backbone']}, "
+                          f"{replica['threads']} thread(s) per replica{', token required' if token else ''}; "
+                          "API docs at /docs)", markup=False)
+                while True:
+                    time.sleep(1)
+            except KeyboardInterrupt:  # Ctrl-C: a normal stop
+                pass
+            finally:
+                service_module.stop_on_ray(local=address is None)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+            ray.shutdown()  # a local runtime stops; a cluster's stays up, this process leaves it
     err.print("stopped", markup=False)
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
