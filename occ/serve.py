@@ -39,7 +39,9 @@ from typing import Annotated
 from fastapi import Depends, FastAPI, File, HTTPException, Query, Request, UploadFile
 
 from occ import __version__
+from occ import threads as occ_threads
 from occ.attribution import Attributor, attribute_row, error_row, verify_row
+from occ.backbones import load_backbone
 from occ.backbones.base import Backbone
 from occ.errors import ImageError, OccError, RegistryError, UsageError
 from occ.features import FeatureExtractor
@@ -270,9 +272,6 @@ class ServiceReplica:
 
     def __init__(self, registry_root: str, backbone_spec: str | None, limits: dict, token: str | None,
                  threads: int = 1, device: str = "cpu"):
-        from occ import threads as occ_threads
-        from occ.backbones import load_backbone
-
         self.threads = occ_threads.apply(threads)
         self.service = Service(Registry(registry_root), load_backbone(backbone_spec, device=device), Limits(**limits))
         self.service.state()  # load the verifiers now: the first request should not pay for it

@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 
+from occ import distributed
 from occ.cli.common import (
     BackboneOpt,
     DeviceOpt,
@@ -24,6 +25,8 @@ from occ.cli.common import (
     open_registry,
 )
 from occ.errors import UsageError
+from occ.sources import sources_backbone_spec
+from occ.threads import resolve, usable_cpus
 
 
 @handle_errors
@@ -112,12 +115,8 @@ def serve_on_ray(service_module, reg, limits, *, host: str, port: int, token: st
         # deferred: Ray and Ray Serve are the 'ray' extra of occ
         import ray
         import ray.serve  # noqa: F401
-
-        from occ import distributed
     except ImportError:
         raise UsageError("--engine ray needs the 'ray' extra of occ: pip install 'occ[ray]'") from None
-    from occ.sources import sources_backbone_spec
-    from occ.threads import resolve, usable_cpus
 
     if replicas < 1:
         raise UsageError(f"--replicas must be >= 1, got {replicas}")
