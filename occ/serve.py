@@ -334,7 +334,7 @@ def run_on_ray(application, host: str, port: int, log_level: str = "warning"):
     from ray import serve  # the 'ray' extra of occ
     from ray.serve.context import _get_global_client
 
-    level = log_level.upper()
+    level = {"TRACE": "DEBUG"}.get(log_level.upper(), log_level.upper())  # uvicorn's trace: Python has no such level
     # the replicas log at log_level (info: one access line per request); Serve's controller and proxy
     # only say what goes wrong unless debug is asked for
     logging_config = {"log_level": level, "enable_access_log": level in ("DEBUG", "INFO")}

@@ -345,3 +345,12 @@ def test_usage_errors(w) -> None:
                        (["--engine", "ray", "--replicas", "0"], "--replicas must be >= 1, got 0")):
         run = invoke("serve", *args, "--registry", w.reg_a)
         assert run.code == 2 and said in run.stderr, (args, run)
+
+
+def test_an_address_where_no_ray_cluster_answers_is_one_line(w) -> None:
+    """--ray-address is used: nothing listening there is refused at once (a child: this process runs Ray)."""
+    address = f"127.0.0.1:{free_port()}"
+    run = clikit.run_occ("serve", "--engine", "ray", "--ray-address", address, "--registry", w.reg_a, timeout=120)
+    assert run.returncode == 1, run
+    assert run.stderr.strip().splitlines()[-1].endswith(f"cannot join the Ray cluster at {address}: nothing "
+                                                        "answers there (Connection refused)"), run.stderr
