@@ -156,8 +156,9 @@ def served(w, cluster, tmp_path_factory, tiny_clip_dir):
 
 
 def replicas_answering(url: str, path: str = "/healthz", headers=None, n: int = 40) -> dict[str, object]:
-    """{replica id: its body} over ``n`` requests, 4 at a time (the router spreads them)."""
-    seen: dict[str, object] = {}
+    """{replica id: its body} over ``n`` requests, 4 at a time (the router spreads them); every replica's
+    answers must all be the same body."""
+    seen: dict[str, list] = {}
     lock = threading.Lock()
 
     def client():
@@ -165,14 +166,16 @@ def replicas_answering(url: str, path: str = "/healthz", headers=None, n: int = 
             status, body, replica = http("GET", url + path, headers=headers)
             assert status == 200, body
             with lock:
-                seen[replica] = body
+                seen.setdefault(replica, []).append(body)
 
     threads = [threading.Thread(target=client) for _ in range(4)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(120)
-    return seen
+    assert sum(map(len, seen.values())) == n // 4 * 4, seen
+    assert all(all(b == bodies[0] for b in bodies) for bodies in seen.values()), seen
+    return {replica: bodies[0] for replica, bodies in seen.items()}
 
 
 def test_two_replicas_run_read_back_from_ray_serve(served, cluster, tiny_backbone) -> None:
@@ -284,7 +287,7 @@ def test_concurrent_requests_all_answered_in_order_by_both_replicas(served, plai
     assert len({a[2] for a in answers}) == 2  # both replicas answered
 
 
-def test_a_registry_change_is_seen_by_every_replica(served) -> None:
+def test_a_registry_change_is_seen_by_every_replica(served, w, tiny_clip_dir) -> None:
     url, reg, _, _ = served
     before = replicas_answering(url, "/v1/sources", AUTH)
     assert len(before) == 2 and all([s["name"] for s in b] == ["a", "b"] for b in before.values())
@@ -294,6 +297,9 @@ def test_a_registry_change_is_seen_by_every_replica(served) -> None:
     assert all([s["name"] for s in b] == ["b"] for b in after.values()), after
     seen = replicas_answering(url, "/healthz")
     assert len(seen) == 2 and all(body["sources"] == 1 for body in seen.values())
+    assert invoke(*clikit.enroll_args("c", w.a_train, reg, tiny_clip_dir)).code == 0  # enrolled "elsewhere"
+    again = replicas_answering(url, "/v1/sources", AUTH)
+    assert set(again) == set(before) and all([s["name"] for s in b] == ["b", "c"] for b in again.values()), again
 
 
 def test_ctrl_c_stops_the_application(served) -> None:
