@@ -40,7 +40,8 @@ def serve(
     max_images: Annotated[int, typer.Option("--max-images", help="Most images per request.")] = 64,
     max_pixels: Annotated[int, typer.Option("--max-pixels", help="Largest declared width x height per image "
                                             "(checked before decoding).")] = 50_000_000,
-    log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level (logs go to stderr).")] = "info",
+    log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level, or the replicas' with "
+                                      "--engine ray (logs go to stderr).")] = "info",
     registry: RegistryOpt = None,
     backbone: BackboneOpt = None,
     threads: ThreadsOpt = None,
@@ -50,8 +51,9 @@ def serve(
     replicas: Annotated[int | None, typer.Option("--replicas", help="Ray Serve replicas, each loading the backbone "
                                                  "and registry once and reserving --threads CPUs (engine ray; "
                                                  "default 1).", show_default=False)] = None,
-    ray_address: Annotated[str | None, typer.Option("--ray-address", help="Ray cluster to join (engine ray; "
-                                                    "default: start a local Ray runtime).")] = None,
+    ray_address: Annotated[str | None, typer.Option("--ray-address", help="Ray cluster to join: HOST:PORT of its "
+                                                    "head, or 'auto' on a cluster node (engine ray; default: "
+                                                    "start a local Ray runtime).")] = None,
 ) -> None:
     """Serve verify and attribute over HTTP: GET /healthz, GET /v1/sources, POST /v1/verify?source=NAME and
     POST /v1/attribute (multipart field 'image', one or more). The backbone loads once; a change to the
