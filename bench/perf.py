@@ -517,6 +517,31 @@ def _throughput(url: str, path: Path, clients: int, requests: int) -> dict:
             "answered_by_replica": sorted(by_replica.values(), reverse=True)}
 
 
+def _tree_cpu(root: int) -> dict[str, float]:
+    """CPU seconds (user + system) so far of ``root`` and every process under it, summed by name (Ray's
+    workers name themselves ``ray::ProxyActor``, ``ray::ServeReplica:...``)."""
+    procs = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                name = (entry / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+            except OSError:
+                continue
+            procs[int(entry.name)] = (int(stat[1]), name.rsplit("/", 1)[-1][:40],
+                                      (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK"))
+    under, grew = {root}, True
+    while grew:
+        more = {pid for pid, (ppid, _, _) in procs.items() if ppid in under} - under
+        under |= more
+        grew = bool(more)
+    out: dict[str, float] = {}
+    for pid in under & set(procs):
+        _, name, cpu = procs[pid]
+        out[name] = out.get(name, 0.0) + cpu
+    return out
+
+
 def part_serve_ray(report: dict, work: Path, requests: int = 400, clients: int = 8) -> None:
     """``occ serve --engine ray --replicas 1`` vs ``--replicas 2`` (issue 26): requests per second of
     ``POST /v1/attribute`` with one cached image, ``clients`` concurrent clients, through Ray Serve's HTTP
@@ -537,7 +562,13 @@ def part_serve_ray(report: dict, work: Path, requests: int = 400, clients: int =
         try:
             url = line.split("serving on ")[1].split()[0] + "/v1/attribute"
             _throughput(url, image, clients, 4 * clients)  # warm-up: the trunk runs once, caching the image
+            before = _tree_cpu(proc.pid)
             row = _throughput(url, image, clients, requests)
+            after = _tree_cpu(proc.pid)
+            # where the CPU went: ms per request in each kind of process of the command (over 0.5 ms)
+            row["cpu_ms_per_request"] = {name: round(1000 * (after[name] - before.get(name, 0.0)) / requests, 2)
+                                         for name in sorted(after)
+                                         if 1000 * (after[name] - before.get(name, 0.0)) / requests > 0.5}
             row["serving_line"] = line.strip()
         finally:
             proc.send_signal(signal.SIGINT)  # a clean stop: the application and its Ray runtime go with it

@@ -21,6 +21,11 @@ A bad image is that image's error, never the request's. Scoring holds one lock, 
 queue for the backbone instead of oversubscribing the cores. With a token, ``/v1/*`` needs
 ``Authorization: Bearer TOKEN``; binding anything but loopback without a token is refused
 (:func:`check_bind`). FastAPI serves the OpenAPI description at ``/docs`` and ``/openapi.json``.
+
+``occ serve --engine ray`` runs the same app (:func:`create_app`) in Ray Serve replicas
+(:class:`ServiceReplica`, :func:`ray_application`, :func:`run_on_ray`): each replica has its own
+:class:`Service` over the same registry folder, so each picks up registry changes as above; Ray is
+imported only by those functions and the replicas (the 'ray' extra of occ).
 """
 
 from __future__ import annotations

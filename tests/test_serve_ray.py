@@ -99,7 +99,7 @@ def w(tmp_path_factory, tiny_clip_dir) -> clikit.World:
 @pytest.fixture(scope="module")
 def cluster():
     """(GCS address, environment for children) of a 2-CPU Ray runtime of this process, in a temp folder of
-    its own (short: Ray's socket paths have a length limit) and with a token of its own."""
+    its own (short: Ray's socket paths have a length limit)."""
     import ray
     from ray import serve
 
@@ -130,13 +130,20 @@ def start(*args, env: dict, timeout: float = 180) -> tuple[subprocess.Popen, str
             raise AssertionError(f"occ serve --engine ray did not start: {''.join(seen)[-3000:]}")
         line = proc.stderr.readline()
         seen.append(line)
+    # read on while it runs: the relayed access log must never fill the pipe and block the child
+    proc.err_lines = seen
+    proc.err_reader = threading.Thread(target=lambda: seen.extend(proc.stderr), daemon=True)
+    proc.err_reader.start()
     return proc, line
 
 
 def stop(proc: subprocess.Popen) -> tuple[int, str, str]:
+    """Ctrl-C: (exit code, stdout, all of stderr)."""
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=120)
-    return proc.returncode, out, err
+    out = proc.stdout.read()
+    proc.wait(120)
+    proc.err_reader.join(30)
+    return proc.returncode, out, "".join(proc.err_lines)
 
 
 @pytest.fixture(scope="module")
