@@ -309,6 +309,22 @@ def test_a_registry_change_is_seen_by_every_replica(served, w, tiny_clip_dir) ->
     assert set(again) == set(before) and all([s["name"] for s in b] == ["b", "c"] for b in again.values()), again
 
 
+def test_a_second_server_on_the_same_cluster_is_refused_and_leaves_the_first(served, cluster, w) -> None:
+    url, _, _, _ = served
+    port = int(url.rsplit(":", 1)[1])
+    other = free_port()
+    run = clikit.run_occ("serve", "--engine", "ray", "--ray-address", cluster[0], "--port", other,
+                         "--registry", w.reg_a, timeout=180, **cluster[1])
+    assert run.returncode == 2, run
+    assert (f"Ray Serve already runs on this cluster with HTTP on 127.0.0.1:{port}; pass --host 127.0.0.1 "
+            f"--port {port} or stop it") in run.stderr, run.stderr
+    run = clikit.run_occ("serve", "--engine", "ray", "--ray-address", cluster[0], "--port", port,
+                         "--registry", w.reg_a, timeout=180, **cluster[1])
+    assert run.returncode == 2 and f"cannot listen on 127.0.0.1:{port}" in run.stderr, run.stderr
+    assert occ_serve.running_replicas() == 2  # the first application is untouched
+    assert http("GET", f"{url}/healthz")[0] == 200
+
+
 def test_ctrl_c_stops_the_application(served) -> None:
     """Last of the module: Ctrl-C deletes the occ application, its access log went to stderr."""
     url, _, proc, _ = served
