@@ -24,6 +24,9 @@ Parts:
   threads), 100 and 500 new images each (a fresh feature cache per run), in the same run.
 * ``threads`` (issue 14): a 10-shot ``occ enroll`` (negatives cached) alone, beside another CPU-bound
   process (default threads, and ``--threads 2``), and two such enrolls at once.
+* ``serve_ray`` (issue 26): requests per second through HTTP of ``occ serve --engine ray`` with 1 and 2
+  replicas (``POST /v1/attribute``, one cached image, 8 concurrent clients, 400 requests), and of the plain
+  ``occ serve``: ``python bench/perf.py --only serve_ray --out bench/results/serve_ray.json``.
 
 Every part records the 1-minute load average before and after it (the machine is shared).
 
@@ -38,6 +41,7 @@ import os
 import platform
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -455,6 +459,137 @@ def part_ray(report: dict, work: Path) -> None:
     report["ray"] = out
 
 
+def _start_serve(argv: list[str], env: dict, timeout: float = 600) -> tuple[subprocess.Popen, str]:
+    """A child ``occ serve ARGV`` and its 'serving on' line (stderr read on by a thread, so the child's
+    log never fills the pipe)."""
+    import threading
+
+    proc = subprocess.Popen(OCC + ["serve", *argv], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.monotonic() + timeout
+    line, seen = "", []
+    while "serving on" not in line:
+        line = proc.stderr.readline()
+        seen.append(line)
+        if (not line and proc.poll() is not None) or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"occ serve did not start: {''.join(seen)[-2000:]}")
+    threading.Thread(target=proc.stderr.read, daemon=True).start()
+    return proc, line
+
+
+def _throughput(url: str, path: Path, clients: int, requests: int) -> dict:
+    """Requests per second of ``POST url`` with one image, ``clients`` threads sending ``requests`` in all;
+    how many each replica answered (the ``X-Occ-Replica`` header)."""
+    import threading
+    import urllib.request
+    import uuid
+    from collections import Counter
+
+    boundary = uuid.uuid4().hex
+    body = (f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{path.name}"\r\n'
+            f"Content-Type: application/octet-stream\r\n\r\n").encode() + path.read_bytes() \
+        + f"\r\n--{boundary}--\r\n".encode()
+    headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    by_replica: Counter = Counter()
+    lock = threading.Lock()
+    errors: list = []
+
+    def client(n: int) -> None:
+        for _ in range(n):
+            request = urllib.request.Request(url, data=body, method="POST", headers=headers)
+            try:
+                with urllib.request.urlopen(request, timeout=120) as response:
+                    answer = json.loads(response.read())
+                    replica = response.headers.get("X-Occ-Replica")
+                assert len(answer) == 1 and "scores" in answer[0], answer
+            except Exception as exc:  # counted, reported
+                errors.append(f"{type(exc).__name__}: {exc}")
+                continue
+            with lock:
+                by_replica[replica] += 1
+
+    share = [requests // clients + (i < requests % clients) for i in range(clients)]
+    threads = [threading.Thread(target=client, args=(n,)) for n in share]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - start
+    return {"requests": requests, "clients": clients, "s": round(wall, 2),
+            "requests_per_s": round(sum(by_replica.values()) / wall, 2), "errors": len(errors),
+            "first_error": errors[0] if errors else None,
+            "answered_by_replica": sorted(by_replica.values(), reverse=True)}
+
+
+def _tree_cpu(root: int) -> dict[str, float]:
+    """CPU seconds (user + system) so far of ``root`` and every process under it, summed by name (Ray's
+    workers name themselves ``ray::ProxyActor``, ``ray::ServeReplica:...``)."""
+    procs = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                name = (entry / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+            except OSError:
+                continue
+            procs[int(entry.name)] = (int(stat[1]), name.rsplit("/", 1)[-1][:40],
+                                      (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK"))
+    under, grew = {root}, True
+    while grew:
+        more = {pid for pid, (ppid, _, _) in procs.items() if ppid in under} - under
+        under |= more
+        grew = bool(more)
+    out: dict[str, float] = {}
+    for pid in under & set(procs):
+        _, name, cpu = procs[pid]
+        out[name] = out.get(name, 0.0) + cpu
+    return out
+
+
+def part_serve_ray(report: dict, work: Path, requests: int = 400, clients: int = 8) -> None:
+    """``occ serve --engine ray --replicas 1`` vs ``--replicas 2`` (issue 26): requests per second of
+    ``POST /v1/attribute`` with one cached image, ``clients`` concurrent clients, through Ray Serve's HTTP
+    proxy, each application on a local Ray runtime of its own; the plain ``occ serve`` for reference."""
+    seed_cache = work / "cache-seed"
+    _seed_backbone(seed_cache)
+    reg = _import_copies(work, 1, seed_cache)
+    image = devset_images(1, start=1500)[0]
+    out = {"load_before": _load(), "image": image.name, "sources": 1}
+    runs = {"plain": [], "ray_1_replica": ["--engine", "ray", "--replicas", "1"],
+            "ray_2_replicas": ["--engine", "ray", "--replicas", "2"]}
+    for name, extra in runs.items():
+        cache = work / "cache-serve-ray"  # one feature cache: the image is cached for every run
+        _seed_backbone(cache)
+        env = _env(cache, reg)
+        env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        proc, line = _start_serve(["--port", "0", "--threads", "1", "--log-level", "warning", *extra], env)
+        try:
+            url = line.split("serving on ")[1].split()[0] + "/v1/attribute"
+            _throughput(url, image, clients, 4 * clients)  # warm-up: the trunk runs once, caching the image
+            before = _tree_cpu(proc.pid)
+            row = _throughput(url, image, clients, requests)
+            after = _tree_cpu(proc.pid)
+            # where the CPU went: ms per request in each kind of process of the command (over 0.5 ms)
+            row["cpu_ms_per_request"] = {name: round(1000 * (after[name] - before.get(name, 0.0)) / requests, 2)
+                                         for name in sorted(after)
+                                         if 1000 * (after[name] - before.get(name, 0.0)) / requests > 0.5}
+            row["serving_line"] = line.strip()
+        finally:
+            proc.send_signal(signal.SIGINT)  # a clean stop: the application and its Ray runtime go with it
+            try:
+                proc.wait(120)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        out[name] = row
+        print("serve_ray", name, {k: v for k, v in row.items() if k != "serving_line"}, flush=True)
+    out["ray_2_over_1_replicas"] = round(out["ray_2_replicas"]["requests_per_s"]
+                                         / out["ray_1_replica"]["requests_per_s"], 3)
+    out["load_after"] = _load()
+    report["serve_ray"] = out
+
+
 def part_threads(report: dict, work: Path) -> None:
     import csv
 
@@ -504,7 +639,8 @@ def part_threads(report: dict, work: Path) -> None:
     print("threads", out, flush=True)
 
 
-PARTS = ("trunk", "cache", "enroll", "attribute", "memory", "startup", "cached", "serve", "ray", "threads")
+PARTS = ("trunk", "cache", "enroll", "attribute", "memory", "startup", "cached", "serve", "ray", "threads",
+         "serve_ray")
 
 
 def main() -> None:

@@ -140,15 +140,17 @@ def _check_reachable(address: str) -> None:
                        f"({exc.strerror or type(exc).__name__})") from None
 
 
-def init(address: str | None = None, num_cpus: int | None = None) -> None:
-    """Join the Ray cluster at ``address``, or start a local runtime (no dashboard); reuse a running one."""
+def init(address: str | None = None, num_cpus: int | None = None, log_to_driver: bool = False) -> None:
+    """Join the Ray cluster at ``address``, or start a local runtime (no dashboard); reuse a running one.
+    ``log_to_driver``: the workers' output (Ray Serve's logs, for ``occ serve --engine ray``) on this
+    process's stdout/stderr."""
     import logging
 
     import ray
 
     if ray.is_initialized():
         return
-    kwargs = {"include_dashboard": False, "logging_level": logging.WARNING, "log_to_driver": False}
+    kwargs = {"include_dashboard": False, "logging_level": logging.WARNING, "log_to_driver": log_to_driver}
     if address:
         _check_reachable(address)
         try:

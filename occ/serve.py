@@ -21,6 +21,11 @@ A bad image is that image's error, never the request's. Scoring holds one lock, 
 queue for the backbone instead of oversubscribing the cores. With a token, ``/v1/*`` needs
 ``Authorization: Bearer TOKEN``; binding anything but loopback without a token is refused
 (:func:`check_bind`). FastAPI serves the OpenAPI description at ``/docs`` and ``/openapi.json``.
+
+``occ serve --engine ray`` runs the same app (:func:`create_app`) in Ray Serve replicas
+(:class:`ServiceReplica`, :func:`ray_application`, :func:`run_on_ray`): each replica has its own
+:class:`Service` over the same registry folder, so each picks up registry changes as above; Ray is
+imported only by those functions and the replicas (the 'ray' extra of occ).
 """
 
 from __future__ import annotations
@@ -39,7 +44,9 @@ from typing import Annotated
 from fastapi import Depends, FastAPI, File, HTTPException, Query, Request, UploadFile
 
 from occ import __version__
+from occ import threads as occ_threads
 from occ.attribution import Attributor, attribute_row, error_row, verify_row
+from occ.backbones import load_backbone
 from occ.backbones.base import Backbone
 from occ.errors import ImageError, OccError, RegistryError, UsageError
 from occ.features import FeatureExtractor
@@ -254,3 +261,111 @@ def server(app: FastAPI, log_level: str = "warning"):
     for handler in log_config["handlers"].values():
         handler["stream"] = "ext://sys.stderr"
     return uvicorn.Server(uvicorn.Config(app, log_level=log_level, log_config=log_config))
+
+
+# --- Ray Serve (``occ serve --engine ray``; the 'ray' extra of occ) -------------------------------------
+
+RAY_APP = "occ"
+REPLICA_HEADER = "X-Occ-Replica"
+
+
+class ServiceReplica:
+    """One Ray Serve replica: the backbone and the registry load once, in ``__init__``; the routes are
+    :func:`create_app`'s over this replica's :class:`Service` (built by ``__serve_build_asgi_app__``,
+    which Ray Serve calls on the replica after the constructor). Every answer carries the replica's id
+    in the ``X-Occ-Replica`` header."""
+
+    def __init__(self, registry_root: str, backbone_spec: str | None, limits: dict, token: str | None,
+                 threads: int = 1, device: str = "cpu"):
+        self.threads = occ_threads.apply(threads)
+        self.service = Service(Registry(registry_root), load_backbone(backbone_spec, device=device), Limits(**limits))
+        self.service.state()  # load the verifiers now: the first request should not pay for it
+        self.token = token
+
+    def _replica_id(self) -> str:
+        from ray import serve  # the 'ray' extra: only replicas import it
+
+        return serve.get_replica_context().replica_id.unique_id
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        app = create_app(self.service, token=self.token)
+        replica = self._replica_id()
+
+        @app.middleware("http")
+        async def _replica_header(request: Request, call_next):
+            response = await call_next(request)
+            response.headers[REPLICA_HEADER] = replica
+            return response
+
+        return app
+
+    def describe(self) -> dict:
+        """What this replica runs: its id, threads, backbone and {usable sources}, {unusable: reason}."""
+        attributor, skipped = self.service.state()
+        return {"replica": self._replica_id(), "threads": self.threads,
+                "backbone": self.service.backbone.fingerprint,
+                "sources": sorted(attributor.verifiers) if attributor else [], "skipped": skipped}
+
+
+def ray_application(registry_root: str | Path, backbone_spec: str | None, limits: Limits, token: str | None,
+                    replicas: int = 1, threads: int = 1, device: str = "cpu"):
+    """The Ray Serve application of ``occ serve --engine ray``: ``replicas`` replicas of
+    :class:`ServiceReplica`, each reserving ``threads`` CPUs (and one GPU with ``device='cuda'``)."""
+    from ray import serve  # the 'ray' extra of occ
+
+    if replicas < 1:
+        raise UsageError(f"--replicas must be >= 1, got {replicas}")
+    deployment = serve.deployment(serve.ingress()(ServiceReplica), name="occ", num_replicas=replicas,
+                                  ray_actor_options={"num_cpus": threads, "num_gpus": 1 if device == "cuda" else 0})
+    return deployment.bind(str(registry_root), backbone_spec,
+                           {"max_image_bytes": limits.max_image_bytes, "max_images": limits.max_images,
+                            "max_pixels": limits.max_pixels}, token, threads, device)
+
+
+def running_replicas(app_name: str = RAY_APP) -> int:
+    """How many replicas of ``app_name`` Ray Serve reports RUNNING."""
+    from ray import serve  # the 'ray' extra of occ
+
+    app = serve.status().applications.get(app_name)
+    if app is None:
+        return 0
+    return sum(d.replica_states.get("RUNNING", 0) for d in app.deployments.values())
+
+
+def run_on_ray(application, host: str, port: int, log_level: str = "warning"):
+    """Start Ray Serve's HTTP proxy on (host, port) and deploy ``application`` there (on the Ray runtime
+    this process joined); returns the ingress deployment's handle. Serve already running on this cluster
+    with other HTTP options is an error (its options cannot change while it runs)."""
+    from ray import serve  # the 'ray' extra of occ
+    from ray.serve.context import _get_global_client
+
+    level = {"TRACE": "DEBUG"}.get(log_level.upper(), log_level.upper())  # uvicorn's trace: Python has no such level
+    # the replicas log at log_level (info: one access line per request); Serve's controller and proxy
+    # only say what goes wrong unless debug is asked for
+    logging_config = {"log_level": level, "enable_access_log": level in ("DEBUG", "INFO")}
+    serve.start(proxy_location="HeadOnly", http_options={"host": host, "port": port},
+                logging_config={"log_level": "DEBUG" if level == "DEBUG" else "WARNING"})
+    config = _get_global_client().http_config  # what the running proxy listens on
+    if (config.host, config.port) != (host, port):
+        raise UsageError(f"Ray Serve already runs on this cluster with HTTP on {config.host}:{config.port}; "
+                         f"pass --host {config.host} --port {config.port} or stop it (serve shutdown)")
+    if RAY_APP in serve.status().applications:
+        raise UsageError(f"a Ray Serve application named '{RAY_APP}' already runs on this cluster")
+    try:
+        return serve.run(application, name=RAY_APP, route_prefix="/", logging_config=logging_config)
+    except BaseException as exc:  # Ray raises several types for a replica that fails to start; or Ctrl-C
+        stop_on_ray(local=False)
+        if not isinstance(exc, Exception):
+            raise
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        raise OccError(f"the occ replicas did not start: {lines[-1] if lines else type(exc).__name__}") from None
+
+
+def stop_on_ray(local: bool) -> None:
+    """Delete the occ application (its replicas stop gracefully); on a cluster, stop Serve too when no other
+    application runs there. A local runtime goes with ``ray.shutdown()``, Serve's actors with it."""
+    from ray import serve  # the 'ray' extra of occ
+
+    serve.delete(RAY_APP)
+    if not local and not serve.status().applications:
+        serve.shutdown()
