@@ -26,7 +26,7 @@ from safetensors.numpy import save as st_save
 
 from occ.backbones.base import Backbone, Trunk, empty_trunk
 from occ.errors import ImageError, first_line
-from occ.images import MAX_PIXELS, ImageFile, decode_image, iter_paths, load_image, read_image_file
+from occ.images import MAX_PIXELS, ImageFile, check_declared, decode_image, iter_paths, load_image, read_image_file
 from occ.lowlevel import DIMS as LOW_DIMS
 from occ.lowlevel import VERSION as LOW_VERSION
 from occ.lowlevel import lowlevel_features
@@ -179,17 +179,20 @@ class FeatureExtractor:
         rows: list[Trunk | None] = [self.cache.get(k, blocks) if self.cache else None for k in keys]
         decoded: dict[int, Image.Image] = {}
         for i, f in enumerate(files):
-            if rows[i] is None or rows[i].low is None:  # the trunk to run, or only the low-level evidence
-                try:
-                    image = decode_image(f, max_pixels=self.max_pixels).image
-                    if transform is not None:
-                        image = _transformed(f, image, transform)
-                except ImageError as exc:
-                    if on_error:
-                        on_error(exc)
-                    rows[i] = None
+            cached = rows[i] is not None and rows[i].low is not None
+            try:
+                if cached:  # a cached image is held to this extractor's limits like a new one
+                    check_declared(f, max_pixels=self.max_pixels)
                     continue
-                decoded[i] = image
+                image = decode_image(f, max_pixels=self.max_pixels).image  # the trunk or the low-level part
+                if transform is not None:
+                    image = _transformed(f, image, transform)
+            except ImageError as exc:
+                if on_error:
+                    on_error(exc)
+                rows[i] = None
+                continue
+            decoded[i] = image
         if decoded:
             order = [i for i in decoded if rows[i] is None]
             if order:

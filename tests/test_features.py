@@ -308,6 +308,21 @@ def test_a_cache_hit_does_not_decode_the_image(tiny_backbone, images, root, monk
     assert decoded == []
 
 
+def test_a_cache_hit_is_held_to_the_extractors_size_limit(tiny_backbone, images, root) -> None:
+    FeatureExtractor(tiny_backbone, cache_root=root).load(images[:2])  # both now cached
+    small = images[0]
+    with Image.open(small) as im:
+        limit = im.width * im.height - 1
+    errors: list[ImageError] = []
+    feats = FeatureExtractor(tiny_backbone, cache_root=root, max_pixels=limit).load(images[:2],
+                                                                                   on_error=errors.append)
+    assert len(feats) == 0  # both images have the same size: a hit is refused like a miss would be
+    assert len(errors) == 2 and all(f"exceeds the {limit}-pixel limit" in str(e) for e in errors)
+    assert images[0].name in str(errors[0])
+    kept = FeatureExtractor(tiny_backbone, cache_root=root, max_pixels=limit + 1).load(images[:2])
+    assert len(kept) == 2
+
+
 def test_pixels_are_the_preprocessed_images(tiny_backbone, images, root) -> None:
     extractor = FeatureExtractor(tiny_backbone, cache_root=root)
     feats = extractor.load(images[:3])

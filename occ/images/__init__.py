@@ -17,7 +17,7 @@ import os
 from collections.abc import Iterable, Iterator
 
 from occ.errors import ImageError
-from occ.images.decode import MAX_PIXELS, MIN_SIDE, LoadedImage, decode_image, load_image
+from occ.images.decode import MAX_PIXELS, MIN_SIDE, LoadedImage, check_declared, decode_image, load_image
 from occ.images.files import (
     IMAGE_EXTENSIONS,
     MAX_FILE_BYTES,
@@ -35,6 +35,7 @@ __all__ = [
     "MIN_SIDE",
     "ImageFile",
     "LoadedImage",
+    "check_declared",
     "decode_image",
     "display_path",
     "is_image_signature",

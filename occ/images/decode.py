@@ -131,19 +131,23 @@ def _open(path: Path, data: bytes, max_pixels: int) -> Image.Image:
 
 
 
+def _check_header(path: Path, image: Image.Image, max_pixels: int, min_side: int) -> None:
+    width, height = image.size
+    if width <= 0 or height <= 0:
+        raise image_error(path, CORRUPT)
+    if width * height > max_pixels:
+        raise _bomb(path, (width, height), max_pixels)
+    # Rotation by EXIF swaps the sides but keeps the shorter one: refuse tiny images before decoding.
+    if min(width, height) < min_side:
+        raise _too_small(path, (width, height), min_side)
+
+
 def _decode(
     path: Path, data: bytes, max_pixels: int, min_side: int
 ) -> tuple[Image.Image, tuple[int, int], str | None]:
     image = _open(path, data, max_pixels)
     try:
-        width, height = image.size
-        if width <= 0 or height <= 0:
-            raise image_error(path, CORRUPT)
-        if width * height > max_pixels:
-            raise _bomb(path, (width, height), max_pixels)
-        # Rotation by EXIF swaps the sides but keeps the shorter one: refuse tiny images before decoding.
-        if min(width, height) < min_side:
-            raise _too_small(path, (width, height), min_side)
+        _check_header(path, image, max_pixels, min_side)
         if image.tell() != 0:
             image.seek(0)  # first frame of animations and multi-page files
         image.load()  # full decode: truncated data fails here
@@ -189,6 +193,27 @@ def decode_image(file: ImageFile, *, max_pixels: int = MAX_PIXELS, min_side: int
     except Exception as exc:
         raise image_error(path, CORRUPT) from exc
     return LoadedImage(path=path, sha256=file.sha256, image=image, original_size=original_size, format=fmt)
+
+
+def check_declared(file: ImageFile, *, max_pixels: int = MAX_PIXELS, min_side: int = MIN_SIDE) -> None:
+    """Apply :func:`decode_image`'s header checks (format, ``max_pixels``, ``min_side``) without decoding
+    a pixel; raise :class:`ImageError` like it would. For images whose features come from a cache, so
+    that a limit refuses the same files whether or not they were seen before."""
+    path, data = file.path, file.data
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            image = _open(path, data, max_pixels)
+            try:
+                _check_header(path, image, max_pixels, min_side)
+            finally:
+                image.close()
+    except ImageError:
+        raise
+    except Image.DecompressionBombError:
+        raise _bomb(path, None, max_pixels) from None
+    except Exception as exc:
+        raise image_error(path, CORRUPT) from exc
 
 
 def load_image(path, *, max_pixels: int = MAX_PIXELS, min_side: int = MIN_SIDE) -> LoadedImage:
