@@ -20,7 +20,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import occ
 from occ.backbones import load_backbone
 from occ.backbones.base import PREPROCESS_VERSION, Preprocessing
 from occ.backbones.embedded import (
@@ -36,6 +35,7 @@ from occ.backbones.embedded import (
 )
 from occ.errors import BackboneError
 from occ.images import load_image
+from occ.negatives import bank_paths
 from occ.paths import sha256_file
 
 N_PHOTOS = 24
@@ -61,7 +61,7 @@ def built(embedded_env) -> Path:
 
 @pytest.fixture(scope="module")
 def photos() -> list[Path]:
-    files = sorted((Path(occ.__file__).parent / "data" / "negatives").glob("*.jpg"))
+    files = bank_paths()
     assert len(files) >= N_PHOTOS
     step = len(files) // N_PHOTOS  # spread over the bank (fish, landmarks, objects, ...)
     return files[::step][:N_PHOTOS]
