@@ -40,3 +40,14 @@ def test_no_devset_file_ships_with_the_project() -> None:
     shipped = [p for d in ("examples", "occ/data") for p in (REPO / d).rglob("*") if p.is_file()]
     assert shipped
     assert not [p for p in shipped if hashlib.sha256(p.read_bytes()).hexdigest() in devset]
+
+
+@pytest.mark.skipif(not (REPO / ".git").exists(), reason="not a git checkout")
+def test_what_the_walkthrough_writes_is_ignored_by_git() -> None:
+    import subprocess
+
+    script = (REPO / "examples" / "walkthrough.sh").read_text()
+    assert 'OCC_REGISTRY:-$PWD/.registry' in script and '$OCC_REGISTRY/../toy.occ.zip' in script
+    written = ["examples/.registry/sources/toy/verifier.json", "examples/toy.occ.zip"]
+    out = subprocess.run(["git", "-C", str(REPO), "check-ignore", *written], capture_output=True, text=True)
+    assert out.stdout.split() == written
