@@ -29,6 +29,7 @@ from occ.backbones.base import Backbone, Trunk
 from occ.decisions import for_source
 from occ.errors import ImageError, OccError, UsageError
 from occ.features import FeatureExtractor, Features
+from occ.images import iter_paths
 from occ.negatives import bank_paths
 from occ.openset import BANK_KEY, RefitOptions, enrolled_on, evidence_tensors, view_rows
 from occ.registry import Registry, SourceRecord
@@ -122,9 +123,16 @@ def enroll(
         if on_error:
             on_error(exc)
 
+    targets = []
+    for item in iter_paths(paths):
+        if isinstance(item, ImageError):
+            bad(item)
+        else:
+            targets.append(item)
     if progress:
-        progress("target images", 0, 1)
-    pos = _dedupe(extractor.load(paths, blocks, bad))
+        progress("target images", 0, len(targets))
+    pos = _dedupe(extractor.load(targets, blocks, bad, on_progress=progress and (
+        lambda done: progress("target images", done, len(targets)))))
     check_count(name, len(pos), force)
     pos_shas = {im.sha256 for im in pos.images}
     overlaps = training_overlaps(registry, name, pos_shas)
@@ -171,12 +179,12 @@ def enroll(
 
     verifier.fit(backbone, pos.trunk, neg, neg_pixels=neg_pixels, progress=progress)
     if stores_evidence:
-        if progress:
-            progress("training views", 0, 1)
         seed, views = verifier.settings.seed, verifier.config.views
-        verifier.evidence_ = evidence_tensors(view_rows(extractor, [im.path for im in pos.images], views, seed),
-                                              view_rows(extractor, [im.path for im in user.images], views, seed)
-                                              if negatives else None)
+        shots = [im.path for im in pos.images]
+        verifier.evidence_ = evidence_tensors(
+            view_rows(extractor, shots, views, seed, on_progress=progress and (
+                lambda done, total: progress("training views", done, total))),
+            view_rows(extractor, [im.path for im in user.images], views, seed) if negatives else None)
     verifier.provenance = {
         "name": name,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

@@ -248,9 +248,24 @@ class FeatureExtractor:
                 yield features
 
     def load(self, inputs: Iterable, blocks: Sequence[int] = (),
-             on_error: Callable[[ImageError], None] | None = None, transform: Transform | None = None) -> Features:
-        """All images under ``inputs`` with their features (for enrollment-sized sets)."""
-        parts = list(self.stream(inputs, blocks, on_error, transform))
+             on_error: Callable[[ImageError], None] | None = None, transform: Transform | None = None,
+             on_progress: Callable[[int], None] | None = None) -> Features:
+        """All images under ``inputs`` with their features (for enrollment-sized sets). ``on_progress``
+        is called after each batch with the number of inputs dealt with so far (read or failed)."""
+        done = 0
+
+        def failed(exc: ImageError) -> None:
+            nonlocal done
+            done += 1
+            if on_error:
+                on_error(exc)
+
+        parts = []
+        for part in self.stream(inputs, blocks, failed, transform):
+            parts.append(part)
+            done += len(part.images)
+            if on_progress:
+                on_progress(done)
         if not parts:
             return Features([], empty_trunk(self.backbone, tuple(sorted(set(blocks)))))
         return Features.concat(parts)

@@ -110,14 +110,17 @@ class JointSettings:
         return np.concatenate([x, np.asarray(low, dtype=np.float32)], 1)
 
 
-def view_rows(extractor, paths: Sequence, views: int, seed: int,
-              on_error=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def view_rows(extractor, paths: Sequence, views: int, seed: int, on_error=None,
+              on_progress=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """CLS tokens and low-level evidence of every training view of the images under ``paths`` (image
     itself + ``views`` laundered copies), with the image index of each row. Images unreadable in any
-    view are dropped."""
+    view are dropped. ``on_progress(done, total)`` counts views made, over all images."""
     per_view = []
-    for transform in training_views(seed, views):
-        feats = extractor.load(paths, (), on_error if transform is None else None, transform)
+    transforms = training_views(seed, views)
+    total = len(paths) * len(transforms)
+    for k, transform in enumerate(transforms):
+        feats = extractor.load(paths, (), on_error if transform is None else None, transform,
+                               on_progress and (lambda done, k=k: on_progress(k * len(paths) + done, total)))
         cls, low = feats.trunk.cls_array, feats.trunk.low
         per_view.append({str(im.path): (cls[i], low[i]) for i, im in enumerate(feats.images)})
     keep = [p for p in per_view[0] if all(p in v for v in per_view)]

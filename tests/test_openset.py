@@ -4,6 +4,7 @@ thresholds, removal, and the enroll options that shape what the joint model is f
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -411,3 +412,19 @@ def test_a_model_fitted_while_a_source_changed_is_not_stored(tmp_path, images, t
     assert joint_for(reg, tiny_vision_backbone)[1]  # (the change's own refit was skipped here: stale)
     openset.sync(reg)
     assert not joint_for(reg, tiny_vision_backbone)[1] and _stored_names(reg, tiny_vision_backbone) == ["grad", "noise"]
+
+
+def test_enrollment_progress_counts_the_images_it_reads(tmp_path, images, tiny_vision_backbone):
+    train = tmp_path / "train"
+    shutil.copytree(images[sorted(images)[0]][0], train)
+    (train / "broken.png").write_bytes(b"not an image")
+    seen: dict[str, list[tuple[int, int]]] = {}
+    enroll(Registry(tmp_path / "reg"), "s", [train, tmp_path / "missing.png"], backbone=tiny_vision_backbone,
+           verifier=Verifier(VerifierConfig(kind="lda", views=2, settings=TrainSettings(seed=0))),
+           on_error=lambda exc: None, progress=lambda stage, done, total: seen.setdefault(stage, []).append(
+               (done, total)))
+    # 8 images and a broken file found in the folder (the missing path is reported, not counted)
+    assert seen["target images"][0] == (0, 9) and seen["target images"][-1] == (9, 9)
+    # each of the 8 readable shots through the image itself and 2 laundered views
+    assert seen["training views"][-1] == (24, 24)
+    assert all(a[0] <= b[0] for a, b in zip(seen["training views"], seen["training views"][1:]))
