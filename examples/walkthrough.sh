@@ -23,7 +23,8 @@ show $OCC verify images/check --source toy
 show $OCC attribute images/check
 # 4. The same as JSON lines, for scripts.
 show $OCC attribute images/check --json
-# 5. Share a verifier: export it to one file, import it under another name.
+# 5. Share a verifier: export it to one file, import it into another registry (a colleague's); the
+#    imported source decides there as it did here.
 show $OCC export toy "$OCC_REGISTRY/../toy.occ.zip" --replace || exit 1
-show $OCC import "$OCC_REGISTRY/../toy.occ.zip" --as toy-copy --replace
-show $OCC sources
+show $OCC import "$OCC_REGISTRY/../toy.occ.zip" --registry "$OCC_REGISTRY/../.registry-shared" --replace || exit 1
+show $OCC verify images/check --source toy --registry "$OCC_REGISTRY/../.registry-shared"

@@ -47,7 +47,9 @@ def test_what_the_walkthrough_writes_is_ignored_by_git() -> None:
     import subprocess
 
     script = (REPO / "examples" / "walkthrough.sh").read_text()
-    assert 'OCC_REGISTRY:-$PWD/.registry' in script and '$OCC_REGISTRY/../toy.occ.zip' in script
-    written = ["examples/.registry/sources/toy/verifier.json", "examples/toy.occ.zip"]
+    for where in ('OCC_REGISTRY:-$PWD/.registry', '$OCC_REGISTRY/../toy.occ.zip', '$OCC_REGISTRY/../.registry-shared'):
+        assert where in script, where
+    written = ["examples/.registry/sources/toy/verifier.json", "examples/toy.occ.zip",
+               "examples/.registry-shared/sources/toy/verifier.json"]
     out = subprocess.run(["git", "-C", str(REPO), "check-ignore", *written], capture_output=True, text=True)
     assert out.stdout.split() == written
