@@ -53,6 +53,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from occ.calibration import DEFAULT_FAR, DEFAULT_TARGET_TPR, Calibration
+from occ.metrics import ScoreSummary
 
 DEFAULT_DIMS = 256  # principal directions (bench/generalise.py selects among 64, 128, 256)
 DEFAULT_FOLDS = 3
@@ -258,7 +259,8 @@ class JointModel:
 
     ``fit(sources, nontarget, far=..., target_tpr=...)``: ``sources`` maps names to :class:`ClassRows`;
     ``far``/``target_tpr`` are a number or a per-source mapping. Learned: ``names_``, ``geometry_``,
-    ``calibrations_`` (one :class:`Calibration` per source, held-out scores kept).
+    ``calibrations_`` (one :class:`Calibration` per source, held-out scores kept: the non-target ones as a
+    bounded summary).
     """
 
     def __init__(self, dims: int = DEFAULT_DIMS, folds: int = DEFAULT_FOLDS, seed: int = 0,
@@ -311,7 +313,8 @@ class JointModel:
         for si, name in enumerate(names):
             pos = held[si][:, si]
             neg = np.concatenate([held[ci][:, si] for ci in range(len(classes)) if ci != si])
-            self.calibrations_[name] = self._floored(Calibration.fit(pos, neg, _per(far, name), _per(target_tpr, name)))
+            self.calibrations_[name] = self._floored(Calibration.fit(pos, neg, _per(far, name), _per(target_tpr, name),
+                                                                     bounded=True))
         # how far from its centre a source's own held-out images lie: an image farther than nearly all
         # of them is no image of that source, however its margin (a linear function) extrapolates
         self.radii_ = {n: float(np.quantile(held_dist[i], RADIUS_QUANTILE)) for i, n in enumerate(names)}
@@ -359,15 +362,17 @@ class JointModel:
 
     def to_saved(self) -> tuple[dict[str, np.ndarray], dict]:
         """(tensors, JSON metadata). Each source's held-out scores go in the tensors (float64, so a stored
-        model re-chooses exactly the thresholds an in-memory one does): a source's non-target scores
-        cover every other source's rows, so as JSON they grew with the square of the registry's size
-        and dominated reading a large registry."""
+        model re-chooses exactly the thresholds an in-memory one does): the target scores, and the
+        bounded summary of the non-target scores (:class:`occ.metrics.ScoreSummary`: values and bin
+        counts). A source's non-target scores cover every other source's rows: kept whole, they grew
+        with the square of the registry's size (245 MB at 1,000 sources, ``bench/joint_scale.py``)."""
         g = self.geometry_
         tensors = {"mean": g.mean, "proj": g.proj, "centres": g.centres,
                    "odds_weight": self.log_odds_.weight, "odds_bias": self.log_odds_.bias}
         calibrations = {}
         for n, c in self.calibrations_.items():
-            tensors[_scores_key("pos_scores", n)], tensors[_scores_key("neg_scores", n)] = c.pos_scores, c.neg_scores
+            tensors[_scores_key("pos", n)], tensors[_scores_key("neg", n)] = c.pos_scores, c.neg_scores.values
+            tensors[_scores_key("neg_counts", n)] = c.neg_scores.counts
             calibrations[n] = c.to_dict(scores=False)
         meta = {"dims": self.dims, "folds": self.folds, "seed": self.seed, "min_margin": self.min_margin,
                 "discriminative": self.discriminative, "stream": self.stream and self.stream.to_dict(),
@@ -387,17 +392,19 @@ class JointModel:
             raise ValueError("joint model tensors do not fit together")
         model.geometry_ = Geometry(mean, proj, centres)
         model.log_odds_ = LogOdds(weight, bias)
-        model.calibrations_ = {n: Calibration.from_dict(
-            meta["calibrations"][n] | {key: np.asarray(tensors[_scores_key(key, n)], dtype=np.float64)
-                                       for key in ("pos_scores", "neg_scores")}) for n in model.names_}
+        model.calibrations_ = {n: Calibration.from_dict(meta["calibrations"][n] | {
+            "pos_scores": np.asarray(tensors[_scores_key("pos", n)], dtype=np.float64),
+            "neg_scores": ScoreSummary(np.asarray(tensors[_scores_key("neg", n)], dtype=np.float64),
+                                       np.asarray(tensors[_scores_key("neg_counts", n)]))}) for n in model.names_}
         model.radii_ = {n: float(meta["radii"][n]) for n in model.names_}
         model.n_rows_ = dict(meta.get("n_rows", {}))
         return model
 
 
 def _scores_key(kind: str, name: str) -> str:
-    """The tensor that holds source ``name``'s held-out ``pos_scores`` or ``neg_scores``."""
-    return f"{kind.removesuffix('_scores')}:{name}"
+    """The tensor that holds source ``name``'s held-out ``pos`` scores, ``neg`` scores (the summary's
+    values) or ``neg_counts`` (its bins' counts)."""
+    return f"{kind}:{name}"
 
 
 def _per(value: float | Mapping[str, float], name: str) -> float:
