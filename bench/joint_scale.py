@@ -8,7 +8,8 @@ times that fit (3-fold cross-validation + the final fit, what a refit does, with
 scoring of 300 images, at each size, for sources of 10 images x (the image + ``DEFAULT_VIEWS`` laundered
 views) beside a non-target class of the shipped bank's size x the same views, on rows of the embedded
 backbone's evidence (7 blocks x 768, then the low-level stream's columns). It also reports the bytes of
-the stored model (``JointModel.to_saved``: its held-out scores grow with the square of the registry).
+the stored model (``JointModel.to_saved``; each source keeps a bounded summary of its held-out non-target
+scores, so it grows linearly with the registry; kept whole, they grew with its square).
 The rows are synthetic (Gaussian around per-class centres): the cost depends on the shapes, not on the
 pixels, and a fit's time is a lower bound of a refit's (which also reads every source's evidence).
 """

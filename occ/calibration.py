@@ -17,7 +17,11 @@ something a user and the attributor can use:
   and AUC are unchanged, and it lives on the same 0..1 scale for every source, so the attributor can
   compare sources;
 * the held-out scores are kept with the verifier, so the threshold can be re-chosen at another FAR
-  without retraining (:meth:`Calibration.with_far`).
+  without retraining (:meth:`Calibration.with_far`). A joint model over many sources keeps, per source,
+  the held-out scores of every other source's rows; it keeps them as a bounded
+  :class:`occ.metrics.ScoreSummary` (``Calibration.fit(..., bounded=True)``): the threshold and the
+  Platt map are still fitted on every score, and a re-chosen threshold is exact for FARs within the
+  summary's exactly kept upper tail, conservative and within the bounds it states otherwise.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import numpy as np
 
 from occ import metrics
 from occ.errors import UsageError
+from occ.metrics import ScoreSummary
 
 DEFAULT_FAR = 0.05
 DEFAULT_TARGET_TPR = 0.90
@@ -36,12 +41,12 @@ DEFAULT_TARGET_TPR = 0.90
 
 @dataclass(frozen=True, eq=False)
 class Calibration:
-    """Held-out scores, the rules and the threshold they give, and the Platt map. The held-out scores
-    are read-only float64 arrays (a joint model over many sources keeps, per source, the scores of
-    every other source's rows: as Python floats they cost more to load than to decide)."""
+    """Held-out scores, the rules and the threshold they give, and the Platt map. The target scores are a
+    read-only float64 array; the non-target scores a :class:`ScoreSummary` (given an array, an exact
+    one: every score kept; :meth:`fit` with ``bounded`` keeps a bounded one)."""
 
     pos_scores: np.ndarray  # held-out raw scores of target images
-    neg_scores: np.ndarray  # held-out raw scores of non-target images
+    neg_scores: ScoreSummary  # held-out raw scores of non-target images (len(): how many)
     far: float
     target_tpr: float
     threshold: float  # on the raw scale: accept when raw >= threshold
@@ -49,25 +54,28 @@ class Calibration:
     intercept: float
 
     def __post_init__(self):
-        for name in ("pos_scores", "neg_scores"):
-            scores = np.asarray(getattr(self, name), dtype=np.float64).reshape(-1)
-            if scores.flags.writeable:  # a copy of the caller's array, which it may change later
-                scores = scores.copy()
-                scores.setflags(write=False)
-            object.__setattr__(self, name, scores)
+        scores = np.asarray(self.pos_scores, dtype=np.float64).reshape(-1)
+        if scores.flags.writeable:  # a copy of the caller's array, which it may change later
+            scores = scores.copy()
+            scores.setflags(write=False)
+        object.__setattr__(self, "pos_scores", scores)
+        if not isinstance(self.neg_scores, ScoreSummary):
+            object.__setattr__(self, "neg_scores", ScoreSummary(np.asarray(self.neg_scores, np.float64).reshape(-1)))
 
     def __eq__(self, other) -> bool:
         if not isinstance(other, Calibration):
             return NotImplemented
         return (self.to_dict(scores=False) == other.to_dict(scores=False)
                 and np.array_equal(self.pos_scores, other.pos_scores)
-                and np.array_equal(self.neg_scores, other.neg_scores))
+                and self.neg_scores == other.neg_scores)
 
     __hash__ = None  # compared by value, arrays included: not hashable
 
     @classmethod
     def fit(cls, pos_scores, neg_scores, far: float = DEFAULT_FAR,
-            target_tpr: float = DEFAULT_TARGET_TPR) -> Calibration:
+            target_tpr: float = DEFAULT_TARGET_TPR, bounded: bool = False) -> Calibration:
+        """The calibration of held-out scores; with ``bounded``, keeping :meth:`ScoreSummary.of` the
+        non-target scores (the threshold and the Platt map are fitted on all of them all the same)."""
         pos = np.asarray(pos_scores, dtype=np.float64)
         neg = np.asarray(neg_scores, dtype=np.float64)
         if len(pos) == 0 or len(neg) == 0:
@@ -77,7 +85,7 @@ class Calibration:
         slope, intercept = _platt(pos, neg)
         return cls(
             pos_scores=pos,
-            neg_scores=neg,
+            neg_scores=ScoreSummary.of(neg) if bounded else ScoreSummary(neg),
             far=float(far),
             target_tpr=float(target_tpr),
             threshold=choose_threshold(pos, neg, far, target_tpr),
@@ -86,7 +94,9 @@ class Calibration:
         )
 
     def with_far(self, far: float | None = None, target_tpr: float | None = None) -> Calibration:
-        """The same calibration with the threshold re-chosen for other rates (no retraining)."""
+        """The same calibration with the threshold re-chosen for other rates (no retraining): exactly as
+        :meth:`fit` would on all the scores where the non-target scores are exact or ``far`` lies within
+        their exact tail (:attr:`ScoreSummary.exact_far`), else conservatively (see :class:`ScoreSummary`)."""
         far = self.far if far is None else far
         target_tpr = self.target_tpr if target_tpr is None else target_tpr
         check_far(far)
@@ -111,20 +121,23 @@ class Calibration:
     @property
     def tpr(self) -> float:
         """Share of held-out target images accepted at the threshold."""
-        return metrics.rates_at_threshold(self.pos_scores, self.neg_scores, self.threshold)[0]
+        return metrics.rates_at_threshold(self.pos_scores, (), self.threshold)[0]
 
     @property
     def achieved_far(self) -> float:
-        """Share of held-out non-target images accepted at the threshold (at most ``far``)."""
-        return metrics.rates_at_threshold(self.pos_scores, self.neg_scores, self.threshold)[1]
+        """Share of held-out non-target images accepted at the threshold (at most ``far``; from a bounded
+        summary, exact above its bins and an upper bound below, see :meth:`ScoreSummary.rate_at`)."""
+        return self.neg_scores.rate_at(self.threshold)
 
     @property
     def auc(self) -> float:
-        return metrics.roc_auc(self.pos_scores, self.neg_scores)
+        """Held-out AUC (from a bounded summary, within the bound of :meth:`ScoreSummary.auc`)."""
+        return self.neg_scores.auc(self.pos_scores)
 
     def to_dict(self, scores: bool = True) -> dict:
         """The calibration as JSON-ready values; without the held-out scores when ``scores`` is False (a
-        caller that stores them as tensors)."""
+        caller that stores them as tensors: :meth:`ScoreSummary.values` and ``counts``; a bounded summary
+        has no JSON form)."""
         out = {
             "far": self.far,
             "target_tpr": self.target_tpr,
@@ -133,20 +146,26 @@ class Calibration:
             "intercept": self.intercept,
         }
         if scores:
-            out.update(pos_scores=self.pos_scores.tolist(), neg_scores=self.neg_scores.tolist())
+            if not self.neg_scores.exact:
+                raise ValueError("a bounded summary of held-out scores is stored as tensors, not as JSON")
+            out.update(pos_scores=self.pos_scores.tolist(), neg_scores=self.neg_scores.values.tolist())
         return out
 
     @classmethod
     def from_dict(cls, data: dict) -> Calibration:
         # The threshold may be stored as "inf" or "-inf" (JSON has no infinity): float() reads both forms.
-        return cls(np.asarray(data["pos_scores"], dtype=np.float64), np.asarray(data["neg_scores"], dtype=np.float64),
+        # The non-target scores: a JSON list, or a ScoreSummary (a caller that stores them as tensors).
+        neg = data["neg_scores"]
+        return cls(np.asarray(data["pos_scores"], dtype=np.float64),
+                   neg if isinstance(neg, ScoreSummary) else np.asarray(neg, dtype=np.float64),
                    float(data["far"]), float(data["target_tpr"]), float(data["threshold"]), float(data["slope"]),
                    float(data["intercept"]))
 
 
 def choose_threshold(pos, neg, far: float, target_tpr: float) -> float:
-    """The stricter of: held-out FAR <= ``far``, and held-out TPR no higher than needed for ``target_tpr``."""
-    by_far = metrics.threshold_at_far(neg, far)
+    """The stricter of: held-out FAR <= ``far``, and held-out TPR no higher than needed for ``target_tpr``.
+    ``neg``: the non-target scores, or a :class:`ScoreSummary` of them."""
+    by_far = (neg if isinstance(neg, ScoreSummary) else ScoreSummary(neg)).threshold_at_far(far)
     ranked = np.sort(np.asarray(pos, dtype=np.float64))[::-1]
     by_tpr = ranked[max(0, math.ceil(target_tpr * len(ranked)) - 1)]
     return float(max(by_far, by_tpr))

@@ -16,6 +16,7 @@ Conventions used by every function here:
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -29,6 +30,7 @@ __all__ = [
     "rates_at_threshold",
     "roc_auc",
     "roc_curve",
+    "ScoreSummary",
     "threshold_at_far",
     "tnr_at_tpr",
     "tpr_at_far",
@@ -191,8 +193,13 @@ def threshold_at_far(neg, far) -> float:
         return float("-inf")
     neg = _scores(neg, "neg", allow_empty=False)
     values, counts = np.unique(neg, return_counts=True)  # ascending
+    return _smallest_at_far(values, counts, far)
+
+
+def _smallest_at_far(values: np.ndarray, counts: np.ndarray, far: float) -> float:
+    """:func:`threshold_at_far` of distinct ascending ``values``, ``counts[i]`` negatives at ``values[i]``."""
     at_or_above = np.cumsum(counts[::-1])[::-1]  # number of negatives >= values[i]
-    ok = at_or_above / neg.size <= far  # same arithmetic as mean(neg >= t): exact comparison
+    ok = at_or_above / int(at_or_above[0]) <= far  # same arithmetic as mean(neg >= t): exact comparison
     if ok.any():
         return float(values[int(np.argmax(ok))])  # ok is monotone False..True
     return float(np.nextafter(values[-1], np.inf))
@@ -225,6 +232,174 @@ def tnr_at_tpr(pos, neg, tpr: float = 0.95) -> float:
     ok = at_or_above / pos.size >= tpr  # monotone True..False, ok[0] is True (rate 1)
     t = values[int(np.flatnonzero(ok)[-1])]
     return float(np.count_nonzero(neg < t) / neg.size)
+
+
+# --------------------------------------------------------------------------------------------
+# a bounded summary of many negative scores
+# --------------------------------------------------------------------------------------------
+
+SUMMARY_EXACT = 4096  # up to this many scores, a summary keeps them all
+SUMMARY_TAIL = 2048  # past it, the largest scores it keeps exactly ...
+SUMMARY_BINS = 256  # ... and the others as this many bins of about equal counts
+
+
+@dataclass(frozen=True, eq=False)
+class ScoreSummary:
+    """A set of negative scores in bounded size: what a threshold, a false-accept rate and an AUC need.
+
+    Up to :data:`SUMMARY_EXACT` scores (or when built directly from an array) it keeps every score, in
+    the given order, and every figure below is that of the scores themselves. Past it
+    (:meth:`of`), it keeps the largest ``tail`` scores exactly (fewer when the next one ties with them:
+    a value is never split between the bins and the tail) and the others as at most ``bins`` bins, each
+    as its largest score and how many scores it holds. A bin's count grows with its depth: it holds about
+    ``ratio - 1`` times the scores above it, ``ratio = (len / tail) ** (1 / bins)`` (1.011 for 31,000
+    scores, 1.024 for a million), so the error of a rate is a small share of the rate. It stores at most
+    ``tail + 2 * bins`` numbers whatever the number of scores, and:
+
+    * :meth:`rate_at` ``t`` is exact for ``t`` above the bins (:attr:`exact_above`); below, a bin whose
+      largest score reaches ``t`` counts whole, so the rate is an upper bound, over by fewer than the
+      count of the one bin ``t`` falls in (:meth:`rate_bounds` gives both ends);
+    * :meth:`threshold_at_far` is exactly :func:`threshold_at_far` of all the scores for ``far <``
+      :attr:`exact_far` (the tail's share); for a larger ``far`` it is never below the exact threshold,
+      the rate it achieves on all the scores is still at most ``far``, and it falls short of the exact
+      threshold's rate by fewer scores than the two bins at and below it hold (at most ``2 * max_bin``);
+    * :meth:`auc` differs from :func:`roc_auc` on all the scores by at most ``max_bin / (2 * len)``
+      (a positive inside a bin counts half of that bin below it).
+
+    ``values`` (float64, read-only): the first ``len(counts)`` are the bins' largest scores, ascending,
+    ``counts`` (int64) how many scores each stands for; the others are scores, one each (the tail, all
+    above the bins). An exact summary has no bins.
+    """
+
+    values: np.ndarray
+    counts: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+
+    def __post_init__(self):
+        values = _scores(self.values, "scores")
+        counts = np.asarray(self.counts).reshape(-1)
+        if counts.size and not np.issubdtype(counts.dtype, np.integer):
+            raise ValueError("summary counts must be integers")
+        counts = counts.astype(np.int64)
+        nb = counts.size
+        if nb > values.size or (counts < 1).any():
+            raise ValueError("summary counts must be positive, one per bin")
+        if nb and ((np.diff(values[:nb]) <= 0).any() or (values[nb:] <= values[nb - 1]).any()):
+            raise ValueError("summary bins must be ascending and below every tail score")
+        for name, arr in (("values", values), ("counts", counts)):
+            if arr.flags.writeable:  # a copy of the caller's array, which it may change later
+                arr = arr.copy()
+                arr.setflags(write=False)
+            object.__setattr__(self, name, arr)
+
+    @classmethod
+    def of(cls, scores, exact: int = SUMMARY_EXACT, tail: int = SUMMARY_TAIL,
+           bins: int = SUMMARY_BINS) -> ScoreSummary:
+        """The summary of ``scores`` (an array, or a summary: an exact one is summarised, another kept)."""
+        if isinstance(scores, ScoreSummary):
+            if not scores.exact:
+                return scores
+            scores = scores.values
+        s = _scores(scores, "scores")
+        if s.size <= exact:
+            return cls(s)
+        if not (0 < tail < exact and bins > 0):
+            raise ValueError("a summary needs 0 < tail < exact and bins > 0")
+        s = np.sort(s)
+        cut = int(np.searchsorted(s, s[s.size - tail - 1], side="right"))  # the tail: scores above s[-tail-1]
+        values, per_value = np.unique(s[:cut], return_counts=True)
+        above = s.size - (np.cumsum(per_value) - per_value)  # scores at or above each distinct value
+        # bin k: the values with k / bins <= log(above / top) / log(n / top) < (k + 1) / bins, so a bin holds
+        # about (ratio - 1) times the scores above it, ratio = (n / top) ** (1 / bins): a rate's error
+        # stays a small share of the rate itself; a value is never split (its copies share ``above``)
+        top = max(s.size - cut, 1)
+        which = np.minimum((bins * np.log(above / top) / np.log(s.size / top)).astype(np.int64), bins - 1)
+        starts = np.flatnonzero(np.r_[True, np.diff(which) != 0])
+        ends = np.r_[starts[1:], values.size] - 1
+        return cls(np.concatenate([values[ends], s[cut:]]), np.add.reduceat(per_value, starts))
+
+    def __len__(self) -> int:
+        """How many scores the summary stands for."""
+        return int(self.counts.sum()) + self.values.size - self.counts.size
+
+    def __eq__(self, other) -> bool:
+        if not isinstance(other, ScoreSummary):
+            return NotImplemented
+        return np.array_equal(self.values, other.values) and np.array_equal(self.counts, other.counts)
+
+    __hash__ = None  # compared by value: not hashable
+
+    @property
+    def exact(self) -> bool:
+        """Whether every score is kept (no bins)."""
+        return self.counts.size == 0
+
+    @property
+    def max_bin(self) -> int:
+        """The most scores one bin stands for (0 when exact): the unit of the bounds above."""
+        return int(self.counts.max()) if self.counts.size else 0
+
+    @property
+    def exact_above(self) -> float:
+        """Rates at thresholds above this are exact (every threshold when the summary is exact)."""
+        return float(self.values[self.counts.size - 1]) if self.counts.size else -np.inf
+
+    @property
+    def exact_far(self) -> float:
+        """:meth:`threshold_at_far` is exact for ``far`` below this (every ``far`` when the summary is exact)."""
+        return (self.values.size - self.counts.size) / len(self) if self.counts.size else 1.0
+
+    def _weighted(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Distinct values ascending, how many scores each stands for, and whether it is a bin."""
+        nb = self.counts.size
+        tail, per_tail = np.unique(self.values[nb:], return_counts=True)
+        return (np.concatenate([self.values[:nb], tail]), np.concatenate([self.counts, per_tail]),
+                np.r_[np.ones(nb, bool), np.zeros(tail.size, bool)])
+
+    def rate_at(self, threshold) -> float:
+        """Share of the scores ``>= threshold`` (an upper bound at or below :attr:`exact_above`)."""
+        if self.exact:
+            return rates_at_threshold((), self.values, threshold)[1]
+        t = float(threshold)
+        if np.isnan(t):
+            raise ValueError("threshold is NaN")
+        nb = self.counts.size
+        above = int(self.counts[self.values[:nb] >= t].sum()) + int(np.count_nonzero(self.values[nb:] >= t))
+        return float(above / len(self))
+
+    def rate_bounds(self, threshold) -> tuple[float, float]:
+        """(lowest, highest) share of the scores ``>= threshold`` that the summary allows (equal when exact
+        or above the bins): only the lowest bin whose largest score reaches the threshold is in doubt, and
+        that largest score is at or above it."""
+        high = self.rate_at(threshold)
+        nb = self.counts.size
+        reached = np.flatnonzero(self.values[:nb] >= float(threshold))
+        doubt = int(self.counts[reached[0]]) - 1 if reached.size else 0
+        return float((high * len(self) - doubt) / len(self)) if doubt else high, high
+
+    def threshold_at_far(self, far) -> float:
+        """:func:`threshold_at_far` of the scores (exact for ``far <`` :attr:`exact_far`, else conservative)."""
+        if self.exact:
+            return threshold_at_far(self.values, far)
+        far = _rate(far, "far")
+        if far >= 1.0:
+            return float("-inf")
+        values, counts, _ = self._weighted()
+        return _smallest_at_far(values, counts, far)
+
+    def auc(self, pos) -> float:
+        """:func:`roc_auc` of ``pos`` against the scores (within ``max_bin / (2 * len)`` of it)."""
+        if self.exact:
+            return roc_auc(pos, self.values)
+        pos = _scores(pos, "pos", allow_empty=False)
+        values, counts, is_bin = self._weighted()
+        below = np.r_[0, np.cumsum(counts)]  # scores at values[:i]
+        lo = np.searchsorted(values, pos, side="left")
+        hi = np.searchsorted(values, pos, side="right")
+        # doubled, to stay integral: 2 x (scores below) + (scores tied), and half of a bin a positive lies in
+        nxt = np.minimum(hi, values.size - 1)
+        straddled = np.where((lo == hi) & (hi < values.size) & is_bin[nxt], counts[nxt], 0)
+        twice = 2 * below[lo] + (below[hi] - below[lo]) + straddled
+        return int(twice.sum(dtype=np.int64)) / (2 * pos.size * len(self))
 
 
 # --------------------------------------------------------------------------------------------

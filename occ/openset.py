@@ -49,7 +49,8 @@ if TYPE_CHECKING:  # torch only where a source's tensors are made (enrollment): 
 EVIDENCE_PREFIX = "evidence."  # a source's stored training evidence in its safetensors (not part of its head)
 
 JOINT_KIND = "lda"  # the kind of source the joint model decides (its head stores training evidence)
-JOINT_FORMAT = "occ-joint-v3"  # v2: held-out scores in the tensors, not the JSON; v3: log-odds tensors
+JOINT_FORMAT = "occ-joint-v4"  # v2: held-out scores in the tensors, not the JSON; v3: log-odds tensors; v4:
+# a bounded summary of each source's held-out non-target scores (occ.metrics.ScoreSummary), with bin counts
 EVIDENCE_KEYS = tuple(EVIDENCE_PREFIX + k for k in ("cls", "ids", "neg_cls", "neg_ids"))
 LOW_EVIDENCE_KEYS = tuple(EVIDENCE_PREFIX + k for k in ("low", "neg_low"))  # rows in the order of cls / neg_cls
 # weight of the low-level stream in the joint model (occ.joint.Stream); chosen on the content-matched

@@ -211,3 +211,87 @@ def test_decide_follows_the_decision_rule_row_by_row(seed):
             assert scores[n] == pytest.approx(float(model.calibrations_[n].probability(raw[n])))
     arrays = model.decide_arrays(x)
     assert [model.names_[j] if j >= 0 else None for j in arrays.named] == [g[0] for g in got]
+
+
+# -- the large-registry path (more than GRAM_ROWS training rows): float32 randomized directions and
+# cross-validation regressions started from the final fit; decisions as with exact directions, cold starts
+
+
+def _large_registry(seed=0, d=96, k=40, n_images=10, views=3, bank_images=700, rank=20):
+    """More than GRAM_ROWS rows, in each fold too; the class centres span a ``rank``-dimensional subspace
+    and the noise's variance decays over the directions (evidence vectors are structured, not isotropic:
+    with a flat spectrum, the directions past the centres' would be any, exactly or not)."""
+    rng = np.random.default_rng(seed)
+    basis = np.linalg.qr(rng.normal(0, 1, (d, d)))[0].T
+    centres = rng.normal(0, 2.0, (k + 1, rank)) @ basis[:rank]
+    noise = 0.6 * 0.9 ** np.arange(d)
+
+    def draw(i, n):  # n rows of class i (k: the non-target class)
+        return centres[i] + (rng.normal(0, 1, (n, d)) * noise) @ basis
+
+    def rows(i, n):
+        return ClassRows(draw(i, n * views), np.tile(np.arange(n), views))
+
+    sources = {f"s{i:02d}": rows(i, n_images) for i in range(k)}
+    return sources, rows(k, bank_images), draw, rng
+
+
+def test_large_registry_decides_as_with_exact_directions_and_cold_starts(monkeypatch):
+    import occ.joint as joint
+
+    sources, nontarget, draw, rng = _large_registry()
+    n_rows = sum(len(c) for c in sources.values()) + len(nontarget)
+    assert n_rows * 2 / 3 > joint.GRAM_ROWS  # every fold takes the large-registry path too
+    fast = JointModel(dims=24).fit(sources, nontarget)
+    monkeypatch.setattr(joint, "GRAM_ROWS", 10 ** 9)  # the reference: exact directions, cold regressions
+    exact = JointModel(dims=24).fit(sources, nontarget)
+    k = len(sources)
+    unseen = (rng.normal(0, 1, (200, 1)) * draw(k, 1) + draw(k, 200)) / 2  # off every centre
+    x = np.concatenate([draw(i, 20) for i in range(k + 1)] + [unseen])
+    a, b = fast.decide_arrays(x), exact.decide_arrays(x)
+    assert np.mean(a.named == b.named) >= 0.99
+    assert np.mean(b.named[:20 * k] == np.repeat(np.arange(k), 20)) >= 0.6  # a test that can tell them apart
+    assert np.mean(b.named[20 * k:] == -1) >= 0.6
+    spread = np.std(b.raw)
+    for name in fast.names_:
+        assert abs(fast.calibrations_[name].threshold - exact.calibrations_[name].threshold) <= 0.02 * spread
+        assert abs(fast.radii_[name] - exact.radii_[name]) <= 0.02 * exact.radii_[name]
+
+
+def test_a_regression_started_from_another_fit_reaches_the_optimum_a_cold_one_does():
+    from sklearn.linear_model import LogisticRegression
+
+    from occ.joint import fit_geometry, fit_log_odds
+
+    sources, nontarget, _, _ = _large_registry(1)
+    classes = [sources[n] for n in sorted(sources)] + [nontarget]
+    final = fit_geometry(classes, 24, 0)
+    final_odds = fit_log_odds(final, classes, 0.1)
+    fold = [ClassRows(c.features[c.image_ids % 3 != 0], c.image_ids[c.image_ids % 3 != 0]) for c in classes]
+    geometry = fit_geometry(fold, 24, 0)
+    cold = fit_log_odds(geometry, fold, 0.1)
+    warm = fit_log_odds(geometry, fold, 0.1, start=(final, final_odds))
+    # the optimum itself, converged far past fit_log_odds' tolerance
+    y = np.concatenate([geometry.project(c.features) for c in fold]).astype(np.float64)
+    label = np.concatenate([np.full(len(c), k) for k, c in enumerate(fold)])
+    weight = (len(label) / (len(fold) * np.bincount(label)))[label]
+    lr = LogisticRegression(C=0.1, max_iter=20000, tol=1e-12).fit(y, label, sample_weight=weight)
+    every = geometry.project(np.concatenate([c.features for c in classes]))  # held-out rows too
+    best = every @ (lr.coef_[:-1] - lr.coef_[-1]).T + (lr.intercept_[:-1] - lr.intercept_[-1])
+    assert not np.array_equal(warm(every), cold(every))  # another path ...
+    for odds in (cold, warm):  # ... to the same optimum, within the tolerance a cold fit stops at
+        assert np.max(np.abs(odds(every) - best)) <= 0.05 * np.std(best)
+        assert np.mean(_top_class(odds(every)) == _top_class(best)) >= 0.99
+    binary, binary_fold = [classes[0], nontarget], [fold[0], fold[-1]]  # one source: sklearn's one-vector form
+    g2, g2_fold = fit_geometry(binary, 24, 0), fit_geometry(binary_fold, 24, 0)
+    cold2 = fit_log_odds(g2_fold, binary_fold, 0.1)
+    warm2 = fit_log_odds(g2_fold, binary_fold, 0.1, start=(g2, fit_log_odds(g2, binary, 0.1)))
+    y2 = g2_fold.project(np.concatenate([c.features for c in binary]))
+    assert np.max(np.abs(warm2(y2) - cold2(y2))) <= 0.05 * np.std(cold2(y2))
+    with pytest.raises(ValueError, match="classes"):
+        fit_log_odds(g2_fold, binary_fold, 0.1, start=(final, final_odds))
+
+
+def _top_class(odds: np.ndarray) -> np.ndarray:
+    """Per row, the class of the largest log-odds (the last column: the non-target class, at 0)."""
+    return np.concatenate([odds, np.zeros((len(odds), 1))], 1).argmax(1)

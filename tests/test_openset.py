@@ -303,6 +303,17 @@ def test_stored_model_keeps_every_held_out_score_and_an_unreadable_one_is_stale(
         meta = json.loads(f.metadata()["occ"])
         assert f.get_tensor("neg:noise").dtype == np.float64
     assert "neg_scores" not in meta["calibrations"]["noise"]  # not in the JSON, whose size grew as N^2
+    # written by the previous format (v3: every held-out score, no bin counts): refitted, and said so
+    from safetensors.numpy import load_file, save_file
+
+    good = path.read_bytes()
+    old = {k: v for k, v in load_file(str(path)).items() if not k.startswith("neg_counts:")}
+    meta["manifest"]["format"] = "occ-joint-v3"
+    save_file(old, str(path), metadata={"occ": json.dumps(meta)})
+    model, stale = joint_for(reg, tiny_vision_backbone)
+    assert stale and model.names_ == ["grad", "noise"]
+    path.write_bytes(good)
+    assert joint_for(reg, tiny_vision_backbone)[1] is False
     path.write_bytes(path.read_bytes()[:100])  # damaged (or written by an older occ): refit, and say so
     model, stale = joint_for(reg, tiny_vision_backbone)
     assert stale and model.names_ == ["grad", "noise"]
