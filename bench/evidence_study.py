@@ -1,0 +1,216 @@
+"""Which CLIP evidence separates look-alike generators? Patch-token statistics, block bands, regression strength.
+
+    OMP_NUM_THREADS=1 python bench/evidence_study.py --out bench/results/evidence_study.json
+
+Issue 24 asks what patch-token statistics add to the CLS tokens of the middle blocks on the
+content-matched draws. The embedded trunk is run here on every image the draws read (the normalised
+devset images of ``generalise.CONTENT``'s groups, the shipped bank, and the laundered views of every
+shot and bank image, ``occ.evidence.training_views``), keeping what the product's feature cache does not:
+the mean and the standard deviation over the 196 patch tokens of blocks 4-10 (features written under
+``bench/work/evidence_study``, never committed). The joint model (``occ.joint.JointModel`` with the
+shipped settings: 256 directions, C = 0.1, floor 0, the low-level stream at weight 0.3) is then fitted on
+rows made of one evidence candidate plus the low-level evidence, for the "many" and "few" draws of
+``generalise.content_draw`` (3 seeds, 10 shots, shots x (image + 2 laundered views), the bank x the same
+views as the non-target class, clean test images), with ``generalise.metrics``' definitions.
+
+This is a feature-level study, not the product path: the candidates are not in the product, so they
+cannot be enrolled. The ``shipped`` row is the product's evidence through the same code and reproduces
+``bench/view_recipe.py``'s product-path figures on the same draws (see bench/README.md).
+
+Candidates: ``shipped`` (CLS of blocks 4-10), ``+pmean`` / ``+pstd`` / ``+pmean+pstd`` (each block's
+patch mean and/or std, scaled to unit length per block like the CLS tokens, concatenated), block bands
+``cls[a-b]``, and the regression strength ``C=0.03`` / ``C=0.3`` on the shipped evidence. **Selection
+rule** (written after the first run of the patch candidates, which printed every split; no candidate
+passes it on imagen, so the t2icmp figures decided nothing): adopt a candidate if, on imagen (the mean
+of its "many" and "few" splits), the protocol criterion (``generalise.criterion``) rises by >= 0.01 and
+the verification AUC does not fall; then report it on t2icmp. Part ``openset`` adds, on the shipped
+evidence, how the unknown images are rejected (threshold or radius) and the open-set AUROC of the
+margin with a distance term ``margin - a * log(distance / radius)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import generalise as G  # noqa: E402
+
+from occ.evidence import default_blocks, evidence, training_views  # noqa: E402
+from occ.joint import ClassRows, JointModel, Stream  # noqa: E402
+from occ.lowlevel import DIMS as LOW_DIMS  # noqa: E402
+from occ.metrics import roc_auc  # noqa: E402
+from occ.negatives import bank_paths  # noqa: E402
+from occ.openset import JointSettings  # noqa: E402
+
+WORK = G.ROOT / "bench" / "work" / "evidence_study"
+PATCH_BLOCKS = list(range(4, 11))
+SPLITS = {"imagen many": ("imagen", False), "imagen few": ("imagen", True), "t2icmp many": ("t2icmp", False)}
+CANDIDATES = ["shipped", "+pmean", "+pstd", "+pmean+pstd", "cls[1-11]", "cls[2-10]", "cls[4-12]", "cls[0-12]",
+              "C=0.03", "C=0.3"]
+VIEWS = training_views(0, 2)  # the shots' and the bank's views (enrollment and the bank use seed 0)
+
+
+def _key(path, view) -> str:
+    return hashlib.sha1(f"{path}|{view}".encode()).hexdigest()[:20]
+
+
+def _draws(data):
+    return {split: [G.content_draw(data, grp, seed, 10, few=few) for seed in range(3)]
+            for split, (grp, few) in SPLITS.items()}
+
+
+def extract(data, draws) -> int:
+    """Run the trunk on every (image, view) the draws read that has no stored features yet."""
+    from occ.backbones import load_backbone
+    from occ.backbones.embedded.int8 import HIDDEN_OUTPUTS, open_session
+    from occ.images import load_image
+    from occ.lowlevel import lowlevel_features
+
+    items = [(p, None) for grp in G.CONTENT.values() for lab in grp["generators"] + grp["real"] for p, _ in data[lab]]
+    items += [(p, v) for p in bank_paths() for v in VIEWS]
+    shots = sorted({p for ds in draws.values() for d in ds for s in d["known"] for p in d["shots"][s]})
+    items += [(p, v) for p in shots for v in VIEWS[1:]]
+    todo = [(p, v) for p, v in items if not (WORK / f"{_key(p, v and v.index)}.npz").exists()]
+    if not todo:
+        return 0
+    WORK.mkdir(parents=True, exist_ok=True)
+    backbone = load_backbone()
+    session = open_session(backbone._folder.parent, "cpu")
+    for n, (p, v) in enumerate(todo):
+        image = load_image(p).image
+        if v is not None:
+            image = v.apply(image)
+        hidden = session.run(HIDDEN_OUTPUTS, {"pixel_values": backbone.preprocess([image]).numpy()})
+        patches = np.stack([hidden[b][0, 1:] for b in PATCH_BLOCKS])
+        np.savez(WORK / f"{_key(p, v and v.index)}.npz", cls=np.stack([h[0, 0] for h in hidden]).astype(np.float16),
+                 low=lowlevel_features(image).astype(np.float32),
+                 pmean=patches.mean(1).astype(np.float16), pstd=patches.std(1).astype(np.float16))
+        if n % 500 == 0:
+            print(f"extract {n}/{len(todo)}", flush=True)
+    return len(todo)
+
+
+_LOADED: dict[str, dict] = {}
+
+
+def _load(path, view) -> dict:
+    k = _key(path, view)
+    if k not in _LOADED:
+        with np.load(WORK / f"{k}.npz") as z:
+            _LOADED[k] = {n: z[n].astype(np.float32) for n in z.files}
+    return _LOADED[k]
+
+
+def _unit_blocks(a: np.ndarray) -> np.ndarray:
+    a = a / (np.linalg.norm(a, axis=-1, keepdims=True) + 1e-8)
+    return a.reshape(len(a), -1) / np.sqrt(a.shape[1])
+
+
+def rows(feats: list[dict], candidate: str) -> np.ndarray:
+    """Evidence rows of ``candidate``, then the low-level evidence (the joint model's second stream)."""
+    blocks = default_blocks(12)
+    if candidate.startswith("cls["):
+        a, b = candidate[4:-1].split("-")
+        blocks = tuple(range(int(a), int(b) + 1))
+    parts = [evidence(np.stack([f["cls"] for f in feats]), blocks)]
+    for stat in ("pmean", "pstd"):
+        if f"+{stat}" in candidate:
+            parts.append(_unit_blocks(np.stack([f[stat] for f in feats])))
+    x = np.concatenate(parts, 1) / np.sqrt(len(parts))
+    return np.concatenate([x, np.stack([f["low"] for f in feats])], 1).astype(np.float32)
+
+
+def _class_rows(paths, candidate) -> ClassRows:
+    feats = [_load(p, v and v.index) for v in VIEWS for p in paths]
+    return ClassRows(rows(feats, candidate), np.tile(np.arange(len(paths)), len(VIEWS)))
+
+
+def fit_and_decide(d, candidate):
+    """(model, decisions, test rows, number of known and unknown-generator rows) of one draw."""
+    settings = JointSettings()
+    c = float(candidate[2:]) if candidate.startswith("C=") else settings.discriminative
+    known = sorted(d["known"])
+    model = JointModel(settings.dims, seed=settings.seed, min_margin=settings.min_margin, discriminative=c,
+                       stream=Stream(LOW_DIMS, 64, settings.low_weight))
+    model.fit({s: _class_rows(d["shots"][s], candidate) for s in known}, _class_rows(list(bank_paths()), candidate))
+    kpaths = [(p, s) for s in known for p in d["tests"][s]]
+    paths = [p for p, _ in kpaths] + list(d["unknown_gen"]) + list(d["real"])
+    x = rows([_load(p, None) for p in paths], candidate)
+    truth = np.array([model.names_.index(s) for _, s in kpaths])
+    return model, model.decide_arrays(x), x, truth, len(d["unknown_gen"])
+
+
+def figures(d, candidate) -> dict:
+    model, dec, _, truth, nu = fit_and_decide(d, candidate)
+    nk, raw = len(truth), dec.raw
+    thr = np.array([model.calibrations_[n].threshold for n in dec.names])
+    ver = [roc_auc(raw[:nk][truth == j, j], np.concatenate([raw[:nk][truth != j, j], raw[nk:, j]]))
+           for j in range(len(dec.names))]
+    conf = (raw - thr).max(1)
+    named = dec.named
+    return {"verification_auc": float(np.mean(ver)), "open_set_auroc": roc_auc(conf[:nk], conf[nk:]),
+            "closed_set_accuracy": float(np.mean(raw[:nk].argmax(1) == truth)),
+            "known_correct": float(np.mean(named[:nk] == truth)),
+            "unknown_rejected": float(np.mean(named[nk:] == -1)),
+            "unknown_generators_rejected": float(np.mean(named[nk:nk + nu] == -1)),
+            "real_accepted": float(np.mean(named[nk + nu:] != -1))}
+
+
+def openset(d) -> dict:
+    model, dec, x, truth, nu = fit_and_decide(d, "shipped")
+    nk, raw = len(truth), dec.raw
+    thr = np.array([model.calibrations_[n].threshold for n in dec.names])
+    radius = np.array([model.radii_[n] for n in dec.names])
+    rows_ = np.arange(len(raw))
+    best = raw.argmax(1)
+    rel = model.geometry_.distances(x)[rows_, best] / radius[best]
+    below = raw[rows_, best] < thr[best]
+    conf = (raw - thr).max(1)
+    out = {"auroc_margin": roc_auc(conf[:nk], conf[nk:]), "auroc_distance": roc_auc(-rel[:nk], -rel[nk:]),
+           "auroc_margin_unknown_generator_only": roc_auc(conf[:nk], conf[nk:nk + nu]),
+           "unknown_generator_below_threshold": float(below[nk:nk + nu].mean()),
+           "unknown_generator_outside_radius": float((rel > 1)[nk:nk + nu].mean()),
+           "known_below_threshold": float(below[:nk].mean()), "known_outside_radius": float((rel > 1)[:nk].mean())}
+    for a in (0.5, 1.0, 2.0, 4.0):
+        c2 = conf - a * np.log(np.maximum(rel, 1e-12))
+        out[f"auroc_margin_minus_{a:g}_log_distance"] = roc_auc(c2[:nk], c2[nk:])
+    return out
+
+
+def _mean_std(res: list[dict]) -> dict:
+    return {k: {"mean": float(np.mean([r[k] for r in res])), "std": float(np.std([r[k] for r in res]))}
+            for k in res[0]}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--candidates", nargs="+", default=CANDIDATES)
+    args = ap.parse_args()
+    data = G.normalise_devset()
+    G.EXCLUDED |= G.bank_copies([lab for grp in G.CONTENT.values() for lab in grp["real"]])
+    draws = _draws(data)
+    extracted = extract(data, draws)
+    out = {"protocol": __doc__, "extracted_now": extracted, "candidates": {}, "openset": {}}
+    for split, ds in draws.items():
+        for cand in args.candidates:
+            res = [figures(d, cand) for d in ds]
+            out["candidates"][f"{split} | {cand}"] = {"by_seed": res, **_mean_std(res)}
+            m = {k: v["mean"] for k, v in _mean_std(res).items()}
+            print(f"{split:12s} {cand:12s} criterion {G.criterion(m):.3f} "
+                  + " ".join(f"{k}={v:.3f}" for k, v in m.items()), flush=True)
+        res = [openset(d) for d in ds]
+        out["openset"][split] = {"by_seed": res, **_mean_std(res)}
+        print(split, {k: round(v["mean"], 3) for k, v in _mean_std(res).items()}, flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
