@@ -33,6 +33,21 @@ def test_names_the_right_source_and_rejects_far_points():
     assert np.mean([d[0] is None for d in model.decide(unseen)]) >= 0.8
 
 
+def test_decisions_are_each_calibrations_own_score_and_rule():
+    """decide_arrays computes every source's 0..1 score and threshold rule at once; they are exactly what
+    that source's Calibration gives its column (and a threshold moved by set_threshold is the one used)."""
+    sources, nontarget, centres, rng = _blobs(k=4)
+    model = JointModel(dims=16).fit(sources, nontarget)
+    model.set_threshold("s2", far=0.3)
+    x = centres[rng.integers(0, 5, 80)] + rng.normal(0, 1.5, (80, centres.shape[1]))
+    d = model.decide_arrays(x)
+    for j, name in enumerate(d.names):
+        cal = model.calibrations_[name]
+        assert np.array_equal(d.scores[:, j], cal.probability(d.raw[:, j]))
+        assert np.array_equal(d.accepts[:, j], cal.accept(d.raw[:, j]) & d.within[:, j])
+    assert d.accepts.any() and not d.accepts.all()
+
+
 def test_fit_does_not_depend_on_the_order_of_sources():
     sources, nontarget, centres, rng = _blobs(1)
     a = JointModel(dims=16, seed=3).fit(sources, nontarget)
