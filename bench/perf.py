@@ -379,6 +379,9 @@ def _percentiles(values: list[float]) -> dict:
             "n": len(values)}
 
 
+SERVE_SOURCES = (1, 100)  # `--serve-sources`: the registry sizes the serve part measures
+
+
 def part_serve(report: dict, work: Path) -> None:
     import urllib.request
     import uuid
@@ -388,8 +391,9 @@ def part_serve(report: dict, work: Path) -> None:
     cached_image = devset_images(1, start=1500)[0]
     new_images = devset_images(30, start=1600)
     out = {"load_before": _load()}
-    for n_sources in (1, 100):
+    for n_sources in SERVE_SOURCES:
         reg = _import_copies(work, n_sources, seed_cache)
+        sources_s = sorted(timed(OCC + ["sources"], _env(seed_cache, reg)) for _ in range(3))[1]
         cache = work / f"cache-serve-{n_sources}"
         _seed_backbone(cache)
         proc = subprocess.Popen(OCC + ["serve", "--port", "0", "--log-level", "warning"], env=_env(cache, reg),
@@ -422,7 +426,8 @@ def part_serve(report: dict, work: Path) -> None:
         finally:
             proc.terminate()
             proc.wait(30)
-        out[f"sources_{n_sources}"] = {"cached_image": _percentiles(cached), "new_image": _percentiles(new)}
+        out[f"sources_{n_sources}"] = {"cached_image": _percentiles(cached), "new_image": _percentiles(new),
+                                       "occ_sources_s_median_of_3": round(sources_s, 3)}
         print("serve", n_sources, out[f"sources_{n_sources}"], flush=True)
     out["load_after"] = _load()
     report["serve"] = out
@@ -644,10 +649,14 @@ PARTS = ("trunk", "cache", "enroll", "attribute", "memory", "startup", "cached",
 
 
 def main() -> None:
+    global SERVE_SOURCES
     ap = argparse.ArgumentParser(description="occ performance benchmark")
     ap.add_argument("--only", nargs="+", choices=PARTS, default=list(PARTS))
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--serve-sources", type=int, nargs="+", default=list(SERVE_SOURCES),
+                    help="registry sizes of the serve part (default 1 100)")
     args = ap.parse_args()
+    SERVE_SOURCES = tuple(args.serve_sources)
     report: dict = {"command": " ".join(sys.argv),
                     "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                                 "python": platform.python_version(), "load_1min_at_start": _load()}}
