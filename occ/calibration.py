@@ -106,8 +106,7 @@ class Calibration:
                            self.slope, self.intercept)
 
     def probability(self, raw) -> np.ndarray:
-        z = self.slope * np.asarray(raw, dtype=np.float64) + self.intercept
-        return 1.0 / (1.0 + np.exp(-np.clip(z, -500, 500)))
+        return platt_probability(raw, self.slope, self.intercept)
 
     @property
     def calibrated_threshold(self) -> float:
@@ -160,6 +159,14 @@ class Calibration:
                    neg if isinstance(neg, ScoreSummary) else np.asarray(neg, dtype=np.float64),
                    float(data["far"]), float(data["target_tpr"]), float(data["threshold"]), float(data["slope"]),
                    float(data["intercept"]))
+
+
+def platt_probability(raw, slope, intercept) -> np.ndarray:
+    """The Platt map of raw scores: ``slope`` and ``intercept`` are numbers, or arrays broadcast against
+    ``raw`` (a joint model maps one column per source at once)."""
+    slope, intercept = np.asarray(slope, dtype=np.float64), np.asarray(intercept, dtype=np.float64)
+    z = slope * np.asarray(raw, dtype=np.float64) + intercept
+    return 1.0 / (1.0 + np.exp(-np.clip(z, -500, 500)))
 
 
 def choose_threshold(pos, neg, far: float, target_tpr: float) -> float:

@@ -52,7 +52,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from occ.calibration import DEFAULT_FAR, DEFAULT_TARGET_TPR, Calibration
+from occ.calibration import DEFAULT_FAR, DEFAULT_TARGET_TPR, Calibration, platt_probability
 from occ.metrics import ScoreSummary
 
 DEFAULT_DIMS = 256  # principal directions (bench/generalise.py selects among 64, 128, 256)
@@ -362,13 +362,12 @@ class JointModel:
         raw = above_competitors(self.log_odds_(y))
         names = self.names_
         cals = [self.calibrations_[n] for n in names]
-        # Calibration.probability and .accept of every column at once (one source per column: a loop over
+        # every source's Calibration.probability and .accept at once (one source per column: a loop over
         # 1,000 sources cost more than the rest of a cached decision)
         slope, intercept, threshold = (np.array([getattr(c, k) for c in cals], dtype=np.float64)
                                        for k in ("slope", "intercept", "threshold"))
-        raw64 = raw.astype(np.float64)
-        scores = 1.0 / (1.0 + np.exp(-np.clip(slope * raw64 + intercept, -500, 500)))
-        accepts = raw64 >= threshold
+        scores = platt_probability(raw, slope, intercept)
+        accepts = raw.astype(np.float64) >= threshold
         within = self.geometry_.distances_of(y) <= np.array([self.radii_[n] for n in names])
         accepts &= within
         rows = np.arange(len(raw))

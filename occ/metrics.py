@@ -240,7 +240,7 @@ def tnr_at_tpr(pos, neg, tpr: float = 0.95) -> float:
 
 SUMMARY_EXACT = 4096  # up to this many scores, a summary keeps them all
 SUMMARY_TAIL = 2048  # past it, the largest scores it keeps exactly ...
-SUMMARY_BINS = 256  # ... and the others as this many bins of about equal counts
+SUMMARY_BINS = 256  # ... and the others in at most this many bins, each a small share (1-2 %) of the scores above it
 
 
 @dataclass(frozen=True, eq=False)
