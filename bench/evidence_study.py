@@ -107,11 +107,6 @@ def _load(path, view) -> dict:
     return _LOADED[k]
 
 
-def _unit_blocks(a: np.ndarray) -> np.ndarray:
-    a = a / (np.linalg.norm(a, axis=-1, keepdims=True) + 1e-8)
-    return a.reshape(len(a), -1) / np.sqrt(a.shape[1])
-
-
 def rows(feats: list[dict], candidate: str) -> np.ndarray:
     """Evidence rows of ``candidate``, then the low-level evidence (the joint model's second stream)."""
     blocks = default_blocks(12)
@@ -121,7 +116,7 @@ def rows(feats: list[dict], candidate: str) -> np.ndarray:
     parts = [evidence(np.stack([f["cls"] for f in feats]), blocks)]
     for stat in ("pmean", "pstd"):
         if f"+{stat}" in candidate:
-            parts.append(_unit_blocks(np.stack([f[stat] for f in feats])))
+            parts.append(evidence(np.stack([f[stat] for f in feats]), tuple(range(len(PATCH_BLOCKS)))))
     x = np.concatenate(parts, 1) / np.sqrt(len(parts))
     return np.concatenate([x, np.stack([f["low"] for f in feats])], 1).astype(np.float32)
 
