@@ -83,12 +83,14 @@ class Calibration:
         check_far(far)
         check_tpr(target_tpr)
         slope, intercept = _platt(pos, neg)
+        summary = ScoreSummary.of(neg) if bounded else ScoreSummary(neg)
         return cls(
             pos_scores=pos,
-            neg_scores=ScoreSummary.of(neg) if bounded else ScoreSummary(neg),
+            neg_scores=summary,
             far=float(far),
             target_tpr=float(target_tpr),
-            threshold=choose_threshold(pos, neg, far, target_tpr),
+            # the summary's threshold is the exact one where far lies within its exact tail (one sort less)
+            threshold=choose_threshold(pos, summary if far < summary.exact_far else neg, far, target_tpr),
             slope=slope,
             intercept=intercept,
         )
@@ -207,12 +209,14 @@ def _platt(pos: np.ndarray, neg: np.ndarray, l2: float = 0.05, iters: int = 100)
     w = np.where(y == 1, 0.5 / len(pos), 0.5 / len(neg))
     mean, std = x.mean(), x.std() or 1.0
     z = (x - mean) / std
+    wz, wzz = w * z, w * z * z
     a, b = 1.0, 0.0
     for _ in range(iters):
         p = 1.0 / (1.0 + np.exp(-np.clip(a * z + b, -500, 500)))
-        g = np.array([np.sum(w * (p - y) * z) + l2 * a, np.sum(w * (p - y))])
-        h = w * p * (1 - p)
-        hess = np.array([[np.sum(h * z * z) + l2, np.sum(h * z)], [np.sum(h * z), np.sum(h) + 1e-12]])
+        r, h = p - y, p * (1 - p)
+        g = np.array([wz @ r + l2 * a, w @ r])
+        hz = wz @ h
+        hess = np.array([[wzz @ h + l2, hz], [hz, w @ h + 1e-12]])
         step = np.linalg.solve(hess, g)
         a, b = a - step[0], b - step[1]
         if np.max(np.abs(step)) < 1e-10:

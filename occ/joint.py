@@ -37,12 +37,23 @@ over every class and shrunk with Ledoit-Wolf). Concretely:
    image where another class (the non-target class or another source) scores higher. The held-out
    non-target images are the shipped bank and the other sources, which are easier than real photos
    unlike the bank; a threshold chosen on them alone can fall below zero and then names a source for
-   photos the model itself places on the real side (``bench/generalise.py`` selects this rule).
+   photos the model itself places on the real side (``bench/generalise.py`` selects this rule);
+7. **large registries** (more than :data:`LARGE_SOURCES` sources): the regression over every source costs
+   a pass over every row for every source at each of its iterations, four times per refit (95 of the 166
+   s a refit of 1,000 sources took, ``bench/joint_scale.py``), and so do principal directions of every
+   row refitted per fold (61 s). Past that size the fit is the scalable one: one basis (:func:`fit_basis`:
+   the principal directions of the non-target rows and of each source's centre weighed by its rows, one
+   row per source) serves the final fit and every fold, the log-odds are the discriminant margins, and
+   per fold only the class centres and the pooled covariance are refitted, in the basis's coordinates.
+   Every part is then one pass over the rows, and a change to one source is a full refit that costs
+   seconds at 1,000 sources (13 s). Its decisions are those of the discriminant refitted on every fold
+   within a tested tolerance (``tests/test_joint.py``); the regression's own are not kept (on
+   ``bench/generalise.py``'s content-matched splits the discriminant is within a seed's spread of it).
 
 The model is a function of the *set* of classes, not of the order in which sources were enrolled; the
 fit is one truncated SVD, one covariance and one convex regression per fold (its optimum is unique,
 and the classes are always taken in name order), so refitting a registry of 100 sources after an
-enrollment costs seconds, not 99 trainings.
+enrollment costs seconds, not 99 trainings; past 100 sources, point 7.
 """
 
 from __future__ import annotations
@@ -192,6 +203,54 @@ def fit_geometry(classes: Sequence[ClassRows], dims: int, seed: int, stream: Str
     return Geometry(mean.astype(np.float32), proj.astype(np.float32), (centres @ white).astype(np.float32))
 
 
+LARGE_SOURCES = 100  # above this many sources, the scalable fit of point 7 (bench/joint_scale.py)
+
+
+@dataclass
+class Basis:
+    """The principal directions of a large registry (point 7): ``(x - mean) @ proj`` are a row's
+    coordinates, shared by the final fit and every cross-validation fold."""
+
+    mean: np.ndarray  # (D,)
+    proj: np.ndarray  # (D, d)
+
+    def project(self, x: np.ndarray) -> np.ndarray:
+        return (np.asarray(x, dtype=np.float32) - self.mean) @ self.proj
+
+
+def fit_basis(classes: Sequence[ClassRows], dims: int, seed: int, stream: Stream | None = None) -> Basis:
+    """The basis of point 7: the top principal directions of the scatter about the mean of every row,
+    less the scatter of each source's rows about its own centre (the non-target rows, and each source's
+    centre weighed by its number of rows); with a second stream, its columns whitened first as in
+    :func:`fit_geometry`. Its input is one row per source beside the non-target rows, so it costs little
+    at any registry size, and it is a function of the set of classes alone."""
+    nontarget = classes[-1].features.astype(np.float64)
+    centres = np.stack([c.features.mean(0, dtype=np.float64) for c in classes[:-1]])
+    counts = np.array([len(c) for c in classes[:-1]], dtype=np.float64)
+    mean = ((centres * counts[:, None]).sum(0) + nontarget.sum(0)) / (counts.sum() + len(nontarget))
+    rows = np.concatenate([nontarget - mean, (centres - mean) * np.sqrt(counts)[:, None]])
+    stream_map = None
+    if stream is not None:  # the stream's affine map: its translation cancels in rows about the mean
+        _, stream_map = _stream_map(nontarget, np.ones(len(nontarget), bool), stream)
+        rows = np.concatenate([rows[:, :-stream.columns], rows[:, -stream.columns:] @ stream_map], 1)
+    d = int(max(1, min(dims, rows.shape[0] - 1, rows.shape[1])))
+    proj = _principal_directions(rows, d, seed).T
+    if stream_map is not None:
+        first = len(mean) - stream.columns
+        proj = np.concatenate([proj[:first], stream_map @ proj[first:]])
+    return Basis(mean.astype(np.float32), proj.astype(np.float32))
+
+
+def _shared_whitening(coords: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(class centres, W) of per-class coordinates: W whitens the pooled within-class covariance
+    (Ledoit-Wolf), ``W W^T = cov^-1``, as in :func:`fit_geometry`."""
+    from sklearn.covariance import ledoit_wolf
+
+    centres = np.stack([z.mean(0) for z in coords])
+    cov, _ = ledoit_wolf(np.concatenate([z - c for z, c in zip(coords, centres)]), assume_centered=True)
+    return centres, np.linalg.cholesky(np.linalg.inv(cov))
+
+
 @dataclass
 class LogOdds:
     """Each source's log-odds against the non-target class, a linear map of the whitened projections:
@@ -250,10 +309,12 @@ def above_competitors(odds: np.ndarray) -> np.ndarray:
     """(N, K) raw scores from (N, K) log-odds against the non-target class (point 4): each source's
     log-odds minus the largest of every other class's, the non-target class counting 0."""
     full = np.concatenate([odds, np.zeros((len(odds), 1), odds.dtype)], 1)
-    top2 = np.argsort(-full, axis=1, kind="stable")[:, :2]
     rows = np.arange(len(odds))
-    first, second = full[rows, top2[:, 0]], full[rows, top2[:, 1]]
-    best_other = np.where(np.arange(odds.shape[1])[None] == top2[:, :1], second[:, None], first[:, None])
+    top = full.argmax(1)  # the first of equal largest values, as a stable sort would rank it
+    first = full[rows, top]
+    full[rows, top] = -np.inf
+    second = full.max(1)
+    best_other = np.where(np.arange(odds.shape[1])[None] == top[:, None], second[:, None], first[:, None])
     return odds - best_other
 
 
@@ -284,20 +345,22 @@ class JointModel:
     """Shared-covariance discriminant over the enrolled sources + a non-target class (see module doc).
 
     ``fit(sources, nontarget, far=..., target_tpr=...)``: ``sources`` maps names to :class:`ClassRows`;
-    ``far``/``target_tpr`` are a number or a per-source mapping. Learned: ``names_``, ``geometry_``,
+    ``far``/``target_tpr`` are a number or a per-source mapping; ``scale_from``: the scalable fit (point 7)
+    for more sources than this (None: never). Learned: ``names_``, ``scaled_``, ``geometry_``,
     ``calibrations_`` (one :class:`Calibration` per source, held-out scores kept: the non-target ones as a
     bounded summary).
     """
 
     def __init__(self, dims: int = DEFAULT_DIMS, folds: int = DEFAULT_FOLDS, seed: int = 0,
                  min_margin: float | None = DEFAULT_MIN_MARGIN, discriminative: float | None = DEFAULT_DISCRIMINATIVE,
-                 stream: Stream | None = None):
+                 stream: Stream | None = None, scale_from: int | None = LARGE_SOURCES):
         self.dims = int(dims)
         self.folds = int(folds)
         self.seed = int(seed)
         self.min_margin = None if min_margin is None else float(min_margin)
         self.discriminative = None if discriminative is None else float(discriminative)
         self.stream = stream
+        self.scale_from = None if scale_from is None else int(scale_from)
 
     def _floored(self, calibration: Calibration) -> Calibration:
         """``calibration`` with its threshold raised to ``min_margin`` where it lies below."""
@@ -321,22 +384,11 @@ class JointModel:
         rng = np.random.default_rng(self.seed)
         k = max(2, min(self.folds, min(c.n_images for c in classes)))
         fold_of = _folds(classes, k, rng)
-        held = [np.zeros((len(c), len(names))) for c in classes]
-        held_dist = [np.zeros(len(sources[n])) for n in names]
-        self.geometry_ = fit_geometry(classes, self.dims, self.seed, self.stream)
-        self.log_odds_ = fit_log_odds(self.geometry_, classes, self.discriminative)
-        # a large registry's folds start their regressions from the final fit (fit_log_odds); a small one's
-        # start cold, as they always did: their refit costs seconds, and their decisions stay as they were
-        start = (self.geometry_, self.log_odds_) if sum(len(c) for c in classes) > GRAM_ROWS else None
-        for f in range(k):
-            train = [ClassRows(c.features[fo != f], c.image_ids[fo != f]) for c, fo in zip(classes, fold_of)]
-            geometry = fit_geometry(train, self.dims, self.seed, self.stream)
-            odds = fit_log_odds(geometry, train, self.discriminative, start)
-            for ci, (c, fo) in enumerate(zip(classes, fold_of)):
-                if (fo == f).any():
-                    held[ci][fo == f] = above_competitors(odds(geometry.project(c.features[fo == f])))
-                    if ci < len(names):
-                        held_dist[ci][fo == f] = geometry.distances(c.features[fo == f])[:, ci]
+        self.scaled_ = self.scale_from is not None and len(names) > self.scale_from
+        if self.scaled_:
+            held, held_dist = self._fit_scaled(classes, fold_of, k)
+        else:
+            held, held_dist = self._fit_regression(classes, fold_of, k)
         self.names_ = names
         self.calibrations_ = {}
         for si, name in enumerate(names):
@@ -349,6 +401,55 @@ class JointModel:
         self.radii_ = {n: float(np.quantile(held_dist[i], RADIUS_QUANTILE)) for i, n in enumerate(names)}
         self.n_rows_ = {n: len(c) for n, c in zip(names + ["non-target"], classes)}
         return self
+
+    def _fit_regression(self, classes: Sequence[ClassRows], fold_of: list[np.ndarray], k: int):
+        """Points 1-5: geometry and log-odds refitted on every fold; (held-out raw scores per class, held-out
+        distances of each source's rows to its centre)."""
+        sources = classes[:-1]
+        held = [np.zeros((len(c), len(sources))) for c in classes]
+        held_dist = [np.zeros(len(c)) for c in sources]
+        self.geometry_ = fit_geometry(classes, self.dims, self.seed, self.stream)
+        self.log_odds_ = fit_log_odds(self.geometry_, classes, self.discriminative)
+        # a large registry's folds start their regressions from the final fit (fit_log_odds); a small one's
+        # start cold, as they always did: their refit costs seconds, and their decisions stay as they were
+        start = (self.geometry_, self.log_odds_) if sum(len(c) for c in classes) > GRAM_ROWS else None
+        for f in range(k):
+            train = [ClassRows(c.features[fo != f], c.image_ids[fo != f]) for c, fo in zip(classes, fold_of)]
+            geometry = fit_geometry(train, self.dims, self.seed, self.stream)
+            odds = fit_log_odds(geometry, train, self.discriminative, start)
+            for ci, (c, fo) in enumerate(zip(classes, fold_of)):
+                if (fo == f).any():
+                    held[ci][fo == f] = above_competitors(odds(geometry.project(c.features[fo == f])))
+                    if ci < len(sources):
+                        held_dist[ci][fo == f] = geometry.distances(c.features[fo == f])[:, ci]
+        return held, held_dist
+
+    def _fit_scaled(self, classes: Sequence[ClassRows], fold_of: list[np.ndarray], k: int):
+        """Point 7: one basis (:func:`fit_basis`) for the final fit and every fold, the discriminant's
+        margins, and per fold only the class centres and the pooled covariance refitted; returns what
+        :meth:`_fit_regression` does."""
+        n_sources = len(classes) - 1
+        basis = fit_basis(classes, self.dims, self.seed, self.stream)
+        coords = [basis.project(c.features).astype(np.float64) for c in classes]
+        centres, white = _shared_whitening(coords)
+        self.geometry_ = Geometry(basis.mean, (basis.proj.astype(np.float64) @ white).astype(np.float32),
+                                  (centres @ white).astype(np.float32))
+        self.log_odds_ = fit_log_odds(self.geometry_, classes, None)
+        held = [np.zeros((len(c), n_sources)) for c in classes]
+        held_dist = [np.zeros(len(c)) for c in classes[:-1]]
+        for f in range(k):
+            centres, white = _shared_whitening([z[fo != f] for z, fo in zip(coords, fold_of)])
+            geometry = Geometry(basis.mean, basis.proj, (centres @ white).astype(np.float32))
+            odds = fit_log_odds(geometry, classes, None)
+            out = [fo == f for fo in fold_of]
+            y = np.concatenate([z[o] for z, o in zip(coords, out)]) @ white  # every class's held-out rows at once
+            raw, dist = above_competitors(odds(y)), geometry.distances_of(y)
+            owner = np.concatenate([np.full(o.sum(), ci) for ci, o in enumerate(out)])
+            for ci, o in enumerate(out):
+                held[ci][o] = raw[owner == ci]
+                if ci < n_sources:
+                    held_dist[ci][o] = dist[owner == ci, ci]
+        return held, held_dist
 
     # -- scoring ------------------------------------------------------------------------------------
 
@@ -409,15 +510,17 @@ class JointModel:
             calibrations[n] = c.to_dict(scores=False)
         meta = {"dims": self.dims, "folds": self.folds, "seed": self.seed, "min_margin": self.min_margin,
                 "discriminative": self.discriminative, "stream": self.stream and self.stream.to_dict(),
-                "names": list(self.names_), "calibrations": calibrations, "radii": dict(self.radii_),
+                "scale_from": self.scale_from, "scaled": self.scaled_, "names": list(self.names_), "calibrations": calibrations, "radii": dict(self.radii_),
                 "n_rows": dict(self.n_rows_)}
         return tensors, meta
 
     @classmethod
     def from_saved(cls, tensors: Mapping[str, np.ndarray], meta: Mapping) -> JointModel:
         stream = Stream(**meta["stream"]) if meta.get("stream") else None
-        model = cls(meta["dims"], meta["folds"], meta["seed"], meta["min_margin"], meta["discriminative"], stream)
+        model = cls(meta["dims"], meta["folds"], meta["seed"], meta["min_margin"], meta["discriminative"], stream,
+                    meta.get("scale_from", LARGE_SOURCES))
         model.names_ = list(meta["names"])
+        model.scaled_ = bool(meta.get("scaled", False))
         mean, proj, centres, weight, bias = (np.asarray(tensors[k], dtype=np.float32)
                                              for k in ("mean", "proj", "centres", "odds_weight", "odds_bias"))
         k, d = len(model.names_), centres.shape[1]

@@ -306,7 +306,8 @@ class ScoreSummary:
             raise ValueError("a summary needs 0 < tail < exact and bins > 0")
         s = np.sort(s)
         cut = int(np.searchsorted(s, s[s.size - tail - 1], side="right"))  # the tail: scores above s[-tail-1]
-        values, per_value = np.unique(s[:cut], return_counts=True)
+        starts = np.flatnonzero(np.r_[True, s[1:cut] != s[:cut - 1]])  # s is sorted: np.unique without a sort
+        values, per_value = s[starts], np.diff(np.r_[starts, cut])
         above = s.size - (np.cumsum(per_value) - per_value)  # scores at or above each distinct value
         # bin k: the values with k / bins <= log(above / top) / log(n / top) < (k + 1) / bins, so a bin holds
         # about (ratio - 1) times the scores above it, ratio = (n / top) ** (1 / bins): a rate's error

@@ -36,6 +36,7 @@ import numpy as np
 from occ.backbones import load_backbone
 from occ.errors import OccError, RegistryError, UsageError, first_line
 from occ.evidence import DEFAULT_VIEWS, default_blocks, evidence, training_views
+from occ import joint
 from occ.joint import DEFAULT_DIMS, DEFAULT_DISCRIMINATIVE, DEFAULT_MIN_MARGIN, ClassRows, JointModel, Stream
 from occ.lowlevel import DIMS as LOW_DIMS
 from occ.negatives import bank_paths
@@ -209,7 +210,8 @@ def _fit(sources: dict, backbone: Backbone, extractor, settings: JointSettings,
                          "the default bank and without --negatives")
     try:
         model = JointModel(settings.dims, seed=settings.seed, min_margin=settings.min_margin,
-                           discriminative=settings.discriminative, stream=settings.stream).fit(
+                           discriminative=settings.discriminative, stream=settings.stream,
+                           scale_from=joint.LARGE_SOURCES).fit(
             classes, ClassRows(np.concatenate(neg_x), np.concatenate(neg_ids)), far=far, target_tpr=tpr)
     except ValueError as exc:
         raise RegistryError(f"cannot fit the joint model of the registry: {first_line(exc)}") from None

@@ -83,6 +83,37 @@ def test_same_sources_in_two_orders_give_the_same_decisions(tmp_path, images, ti
     assert np.mean([d.source == key.split("/")[0] for key, d in da.items()]) >= 0.5
 
 
+def test_a_large_registry_after_changes_in_any_order_is_its_full_refit(tmp_path, images, tiny_vision_backbone,
+                                                                       monkeypatch):
+    """Past occ.joint.LARGE_SOURCES sources (lowered here to 1), each change refits with the scalable fit;
+    enroll / replace / remove in two orders leave the same stored model as a full refit of the end state."""
+    import occ.joint as joint
+    from occ.openset import sync
+
+    monkeypatch.setattr(joint, "LARGE_SOURCES", 1)
+    bb = tiny_vision_backbone
+
+    def enroll_one(reg, name, train, replace=False):
+        enroll(reg, name, [train], backbone=bb, backbone_spec=bb.location, replace=replace,
+               verifier=Verifier(VerifierConfig(kind="lda", views=1, settings=TrainSettings(seed=0))))
+
+    a = _enroll_all(tmp_path / "a", ["noise", "grad", "stripes"], images, bb)
+    a.remove("noise")
+    enroll_one(a, "grad", images["noise"][0], replace=True)  # grad now learns the noise images
+    b = _enroll_all(tmp_path / "b", ["stripes"], images, bb)
+    enroll_one(b, "grad", images["noise"][0])
+    models = [joint_for(r, bb) for r in (a, b)]
+    assert all(not stale and model.scaled_ and model.names_ == ["grad", "stripes"] for model, stale in models)
+    stored = [r.joint_path(bb.fingerprint).read_bytes() for r in (a, b)]
+    sync(a, force=True)  # occ refit
+    assert a.joint_path(bb.fingerprint).read_bytes() == stored[0]
+    (ma, _), (mb, _) = models
+    x = np.random.default_rng(0).normal(0, 1, (20, ma.geometry_.mean.size)).astype(np.float32)
+    np.testing.assert_allclose(ma.margins(x), mb.margins(x), rtol=1e-5, atol=1e-5)
+    for name in ma.names_:
+        assert ma.calibrations_[name].threshold == pytest.approx(mb.calibrations_[name].threshold, abs=1e-5)
+
+
 def test_every_source_sees_the_others_whatever_the_order(tmp_path, images, tiny_vision_backbone):
     reg = _enroll_all(tmp_path / "r", ["noise", "grad"], images, tiny_vision_backbone)
     model, stale = joint_for(reg, tiny_vision_backbone)
