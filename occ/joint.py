@@ -510,7 +510,8 @@ class JointModel:
             calibrations[n] = c.to_dict(scores=False)
         meta = {"dims": self.dims, "folds": self.folds, "seed": self.seed, "min_margin": self.min_margin,
                 "discriminative": self.discriminative, "stream": self.stream and self.stream.to_dict(),
-                "scale_from": self.scale_from, "scaled": self.scaled_, "names": list(self.names_), "calibrations": calibrations, "radii": dict(self.radii_),
+                "scale_from": self.scale_from, "scaled": self.scaled_, "names": list(self.names_),
+                "calibrations": calibrations, "radii": dict(self.radii_),
                 "n_rows": dict(self.n_rows_)}
         return tensors, meta
 

@@ -33,10 +33,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from occ import joint
 from occ.backbones import load_backbone
 from occ.errors import OccError, RegistryError, UsageError, first_line
 from occ.evidence import DEFAULT_VIEWS, default_blocks, evidence, training_views
-from occ import joint
 from occ.joint import DEFAULT_DIMS, DEFAULT_DISCRIMINATIVE, DEFAULT_MIN_MARGIN, ClassRows, JointModel, Stream
 from occ.lowlevel import DIMS as LOW_DIMS
 from occ.negatives import bank_paths
