@@ -1,11 +1,12 @@
 """How the registry-wide joint model's refit, scoring and stored size grow with the number of sources.
 
-    python bench/joint_scale.py --out bench/results/joint_scale.json [--sizes 1 10 100 300]
+    python bench/joint_scale.py --out bench/results/joint_scale.json [--sizes 1 10 100 101 300 1000]
 
 Every enrollment of an lda source refits the joint model over all sources (occ.openset.refit); this
 times that fit (3-fold cross-validation + the final fit, what a refit does, with the shipped settings:
 ``occ.openset.JointSettings``' directions, regression strength, floor and low-level stream) and the
-scoring of 300 images, at each size, for sources of 10 images x (the image + ``DEFAULT_VIEWS`` laundered
+scoring of 300 images, at each size (past ``occ.joint.LARGE_SOURCES`` sources the scalable fit, point 7
+of ``occ.joint``'s doc), for sources of 10 images x (the image + ``DEFAULT_VIEWS`` laundered
 views) beside a non-target class of the shipped bank's size x the same views, on rows of the embedded
 backbone's evidence (7 blocks x 768, then the low-level stream's columns). It also reports the bytes of
 the stored model (``JointModel.to_saved``; each source keeps a bounded summary of its held-out non-target
@@ -60,7 +61,8 @@ def main():
         tensors, _ = model.to_saved()
         stored = sum(np.asarray(t).nbytes for t in tensors.values())
         scores = sum(np.asarray(t).nbytes for n, t in tensors.items() if ":" in n)
-        out.append({"sources": k, "refit_seconds": round(fit, 2), "score_300_images_seconds": round(score, 3),
+        out.append({"sources": k, "fit": "scalable" if model.scaled_ else "regression",
+                    "refit_seconds": round(fit, 2), "score_300_images_seconds": round(score, 3),
                     "stored_tensor_mb": round(stored / 2 ** 20, 1),
                     "of_which_held_out_scores_mb": round(scores / 2 ** 20, 1)})
         print(out[-1], flush=True)

@@ -433,6 +433,33 @@ def part_serve(report: dict, work: Path) -> None:
     report["serve"] = out
 
 
+ENROLL_SOURCES = (1, 10, 100, 1000)  # `--enroll-sources`: the registry sizes the enroll_scale part measures
+
+
+def part_enroll_scale(report: dict, work: Path) -> None:
+    """Issue 26: `occ enroll` (10 shots, their features and the bank cached), `occ enroll --replace` and
+    `occ sources remove` in registries of ENROLL_SOURCES sources, each ending in the registry's own refit."""
+    seed_cache = work / "cache-seed"
+    _seed_backbone(seed_cache)
+    rows = [r for r in D.manifest(DEVSET) if r["label"] == "cpondoc-dalle2"]  # not the copies' generator
+    folder = link_folder([DEVSET / r["path"] for r in rows[:10]], work / "scale-shots")
+    out = {"load_before": _load()}
+    for n_sources in ENROLL_SOURCES:
+        reg = _import_copies(work, n_sources, seed_cache)
+        env = _env(seed_cache, reg)
+        subprocess.run(OCC + ["enroll", "new", str(folder)], env=env, check=True,  # fills the feature cache
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        row = {"remove_s": round(timed(OCC + ["sources", "remove", "new", "--yes"], env), 2),
+               "enroll_s": round(timed(OCC + ["enroll", "new", str(folder)], env), 2),
+               "replace_s": round(timed(OCC + ["enroll", "new", str(folder), "--replace"], env), 2)}
+        subprocess.run(OCC + ["sources", "remove", "new", "--yes"], env=env, check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        out[f"sources_{n_sources}"] = row
+        print("enroll_scale", n_sources, row, flush=True)
+    out["load_after"] = _load()
+    report["enroll_scale"] = out
+
+
 def part_ray(report: dict, work: Path) -> None:
     seed_cache = work / "cache-seed"
     _seed_backbone(seed_cache)
@@ -645,18 +672,20 @@ def part_threads(report: dict, work: Path) -> None:
 
 
 PARTS = ("trunk", "cache", "enroll", "attribute", "memory", "startup", "cached", "serve", "ray", "threads",
-         "serve_ray")
+         "serve_ray", "enroll_scale")
 
 
 def main() -> None:
-    global SERVE_SOURCES
+    global SERVE_SOURCES, ENROLL_SOURCES
     ap = argparse.ArgumentParser(description="occ performance benchmark")
     ap.add_argument("--only", nargs="+", choices=PARTS, default=list(PARTS))
     ap.add_argument("--out", type=Path)
     ap.add_argument("--serve-sources", type=int, nargs="+", default=list(SERVE_SOURCES),
                     help="registry sizes of the serve part (default 1 100)")
+    ap.add_argument("--enroll-sources", type=int, nargs="+", default=list(ENROLL_SOURCES),
+                    help="registry sizes of the enroll_scale part (default 1 10 100 1000)")
     args = ap.parse_args()
-    SERVE_SOURCES = tuple(args.serve_sources)
+    SERVE_SOURCES, ENROLL_SOURCES = tuple(args.serve_sources), tuple(args.enroll_sources)
     report: dict = {"command": " ".join(sys.argv),
                     "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                                 "python": platform.python_version(), "load_1min_at_start": _load()}}
