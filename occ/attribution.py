@@ -29,6 +29,7 @@ import numpy as np
 
 from occ import decisions
 from occ.backbones.base import Backbone, Trunk
+from occ.calibration import accept_columns
 from occ.errors import ImageError, OccError, RegistryError, UsageError
 from occ.features import FeatureExtractor
 from occ.images import ImageFile, iter_paths, read_image_file
@@ -184,16 +185,18 @@ class Attributor:
         reasons: list[dict[str, str]] = [{} for _ in paths]
         if self._joint_names:
             joint = self.joint.decide_arrays(self.joint.settings_.rows(trunk.cls_array, trunk.low))
-            for j, name in enumerate(joint.names):
-                if name in self._joint_names:
-                    raw[name] = joint.raw[:, j].astype(np.float64)
-                    accepted[name] = joint.named == j
-                    calibrated[name] = joint.scores[:, j]
-                    reaches = calibrations[name].accept(raw[name])
-                    for i in np.flatnonzero(reaches & ~accepted[name]):
-                        why = decisions.reason(name, True, False, joint.names[joint.best[i]], bool(joint.within[i, j]))
-                        if why is not None:
-                            reasons[i][name] = why
+            cols = [j for j, name in enumerate(joint.names) if name in self._joint_names]
+            joint_raw = joint.raw[:, cols].astype(np.float64)
+            joint_accepted = joint.named[:, None] == np.asarray(cols, dtype=joint.named.dtype)[None]
+            reaches = accept_columns([calibrations[joint.names[j]] for j in cols], joint_raw)
+            for c, j in enumerate(cols):
+                name = joint.names[j]
+                raw[name], accepted[name], calibrated[name] = joint_raw[:, c], joint_accepted[:, c], joint.scores[:, j]
+            for i, c in zip(*np.nonzero(reaches & ~joint_accepted)):
+                name, j = joint.names[cols[c]], cols[c]
+                why = decisions.reason(name, True, False, joint.names[joint.best[i]], bool(joint.within[i, j]))
+                if why is not None:
+                    reasons[i][name] = why
         names = list(self.verifiers)
         thresholds = {name: calibrations[name].calibrated_threshold for name in names}
         raw_thresholds = {name: calibrations[name].threshold for name in names}

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -110,14 +111,14 @@ class Calibration:
     def probability(self, raw) -> np.ndarray:
         return platt_probability(raw, self.slope, self.intercept)
 
-    @property
+    @cached_property  # read for every source of every decision; the calibration never changes
     def calibrated_threshold(self) -> float:
         if math.isinf(self.threshold):
             return 0.0 if self.threshold < 0 else 1.0
         return float(self.probability(self.threshold))
 
     def accept(self, raw) -> np.ndarray:
-        return np.asarray(raw, dtype=np.float64) >= self.threshold
+        return accept_columns([self], np.asarray(raw, dtype=np.float64)[..., None])[..., 0]
 
     @property
     def tpr(self) -> float:
@@ -223,3 +224,10 @@ def _platt(pos: np.ndarray, neg: np.ndarray, l2: float = 0.05, iters: int = 100)
             break
     a = max(a, 0.0)
     return float(a / std), float(b - a * mean / std)
+
+
+def accept_columns(calibrations, raw: np.ndarray) -> np.ndarray:
+    """``raw[:, c] >= calibrations[c].threshold`` for every column at once: the acceptance rule of
+    :meth:`Calibration.accept`, vectorised over sources (a loop over 1,000 sources dominated a request)."""
+    thresholds = np.fromiter((c.threshold for c in calibrations), dtype=np.float64, count=len(calibrations))
+    return np.asarray(raw, dtype=np.float64) >= thresholds

@@ -255,5 +255,7 @@ def test_every_surface_says_why(constructed, tiny_backbone) -> None:
         assert status == 200 and [r["reason"] for r in body] == ["outside b's range", verify_rows(reg, good, "b")[0][
             "reason"]], body
         status, body = http("POST", f"{url}/v1/attribute", files)
-        assert status == 200 and body[0] == dict(attributed, path=image.name), body
-        assert body[1] == dict(invoke("attribute", good, "--registry", reg, "--json").json()[0], path=good.name)
+        # the same batch on the CLI (a batch of one may differ in the last digit: BLAS kernels vary with it)
+        both = invoke("attribute", image, good, "--registry", reg, "--json").json()
+        assert both[0]["reason"] == attributed["reason"]
+        assert status == 200 and body == [dict(row, path=p.name) for row, p in zip(both, (image, good))], body
