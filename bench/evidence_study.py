@@ -26,13 +26,34 @@ of its "many" and "few" splits), the protocol criterion (``generalise.criterion`
 the verification AUC does not fall; then report it on t2icmp. Part ``openset`` adds, on the shipped
 evidence, how the unknown images are rejected (threshold or radius) and the open-set AUROC of the
 margin with a distance term ``margin - a * log(distance / radius)``.
+
+``--protocol native`` (the evidence at native resolution): every image is also read as four 224-px
+crops of its own pixels (a 2 x 2 grid, no resampling unless a side is under 224 px;
+:func:`native_crops`) besides the shipped view (shortest side resized to 224, centre crop). Candidates
+``crops`` (the crops' CLS evidence of blocks 4-10, averaged over the crops and rescaled to unit length)
+and ``+crops`` (the shipped evidence and ``crops`` side by side). Splits: ``imagen many`` / ``imagen
+few`` (the normalised files, 256 px, which are the generators' own pixels: selection) and ``t2icmp
+native`` (the files as the generators saved them, 1024 px JPEG q75, photos in their own formats:
+report). **Selection rule** (written before the run): adopt a crops candidate if on imagen (mean of
+"many" and "few") the criterion rises by >= 0.01 and the verification AUC does not fall; t2icmp native
+is reported either way and decides nothing. On the same draws, a decision candidate on the shipped
+evidence: ``loso=F`` raises each source's threshold to the score that at most a share ``F`` of its
+siblings' training rows reach when each sibling is scored by the model fitted without it
+(:func:`sibling_thresholds`: an enrolled source meeting a look-alike that was never enrolled), for F in
+0.5, 0.2, 0.1; ``drop=F`` the same without refits (:func:`dropped_sibling_thresholds`); the same rule
+picks among them on imagen. ``+crops1`` / ``+crops2``: ``+crops`` from the first crop only (top left
+of the grid) or the two on a diagonal, at 2 or 3 trunk passes an image instead of 5 (added after the
+first run had adopted ``+crops``; rule fixed before their run: among the crop variants that pass the
+rule, the one with the fewest crops whose imagen criterion is within 0.005 of the best).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -50,9 +71,19 @@ from occ.openset import JointSettings  # noqa: E402
 
 WORK = G.ROOT / "bench" / "work" / "evidence_study"
 PATCH_BLOCKS = list(range(4, 11))
-SPLITS = {"imagen many": ("imagen", False), "imagen few": ("imagen", True), "t2icmp many": ("t2icmp", False)}
-CANDIDATES = ["shipped", "+pmean", "+pstd", "+pmean+pstd", "cls[1-11]", "cls[2-10]", "cls[4-12]", "cls[0-12]",
-              "C=0.03", "C=0.3"]
+PROTOCOLS = {
+    "content": {"splits": {"imagen many": ("imagen", False), "imagen few": ("imagen", True),
+                           "t2icmp many": ("t2icmp", False)},
+                "candidates": ["shipped", "+pmean", "+pstd", "+pmean+pstd", "cls[1-11]", "cls[2-10]", "cls[4-12]",
+                               "cls[0-12]", "C=0.03", "C=0.3"]},
+    "native": {"splits": {"imagen many": ("imagen", False), "imagen few": ("imagen", True),
+                          "t2icmp native": ("t2icmp", False)},
+               "candidates": ["shipped", "crops", "+crops", "+crops1", "+crops2", "loso=0.5", "loso=0.2", "loso=0.1",
+                              "drop=0.5", "drop=0.2", "drop=0.1"]},
+}
+SPLITS = PROTOCOLS["content"]["splits"]  # set by main, with WITH_CROPS and WORK
+WITH_CROPS = False
+CROP = 224  # the trunk's input side
 VIEWS = training_views(0, 2)  # the shots' and the bank's views (enrollment and the bank use seed 0)
 
 
@@ -60,12 +91,32 @@ def _key(path, view) -> str:
     return hashlib.sha1(f"{path}|{view}".encode()).hexdigest()[:20]
 
 
+def native_crops(image, side: int = CROP, grid: int = 2) -> list:
+    """``grid`` x ``grid`` crops of ``side`` px of the image's own pixels, centred on a regular grid
+    (clamped inside the image); an image with a side under ``side`` px is first resized up (bicubic)."""
+    from PIL import Image
+
+    image = image.convert("RGB")
+    w, h = image.size
+    if min(w, h) < side:
+        s = side / min(w, h)
+        image = image.resize((max(side, round(w * s)), max(side, round(h * s))), Image.Resampling.BICUBIC)
+        w, h = image.size
+    out = []
+    for i in range(grid):
+        for j in range(grid):
+            x = min(max(0, round((j + 0.5) * w / grid - side / 2)), w - side)
+            y = min(max(0, round((i + 0.5) * h / grid - side / 2)), h - side)
+            out.append(image.crop((x, y, x + side, y + side)))
+    return out
+
+
 def _draws(data):
     return {split: [G.content_draw(data, grp, seed, 10, few=few) for seed in range(3)]
             for split, (grp, few) in SPLITS.items()}
 
 
-def extract(data, draws) -> int:
+def extract(data, draws, reverse: bool = False) -> int:
     """Run the trunk on every (image, view) the draws read that has no stored features yet."""
     from occ.backbones import load_backbone
     from occ.backbones.embedded.int8 import HIDDEN_OUTPUTS, open_session
@@ -82,15 +133,24 @@ def extract(data, draws) -> int:
     WORK.mkdir(parents=True, exist_ok=True)
     backbone = load_backbone()
     session = open_session(backbone._folder.parent, "cpu")
+    if reverse:  # a second process working from the other end (see --extract-only)
+        todo = todo[::-1]
     for n, (p, v) in enumerate(todo):
+        dest = WORK / f"{_key(p, v and v.index)}.npz"
+        if dest.exists():  # written by another process meanwhile
+            continue
         image = load_image(p).image
         if v is not None:
             image = v.apply(image)
-        hidden = session.run(HIDDEN_OUTPUTS, {"pixel_values": backbone.preprocess([image]).numpy()})
+        crops = native_crops(image) if WITH_CROPS else []
+        hidden = session.run(HIDDEN_OUTPUTS, {"pixel_values": backbone.preprocess([image, *crops]).numpy()})
         patches = np.stack([hidden[b][0, 1:] for b in PATCH_BLOCKS])
-        np.savez(WORK / f"{_key(p, v and v.index)}.npz", cls=np.stack([h[0, 0] for h in hidden]).astype(np.float16),
+        extra = {"crops": np.stack([hidden[b][1:, 0] for b in PATCH_BLOCKS], 1).astype(np.float16)} if crops else {}
+        tmp = dest.with_name(f"{dest.stem}.{os.getpid()}.tmp.npz")
+        np.savez(tmp, cls=np.stack([h[0, 0] for h in hidden]).astype(np.float16),
                  low=lowlevel_features(image).astype(np.float32),
-                 pmean=patches.mean(1).astype(np.float16), pstd=patches.std(1).astype(np.float16))
+                 pmean=patches.mean(1).astype(np.float16), pstd=patches.std(1).astype(np.float16), **extra)
+        os.replace(tmp, dest)  # readers never see a partial entry
         if n % 500 == 0:
             print(f"extract {n}/{len(todo)}", flush=True)
     return len(todo)
@@ -117,6 +177,15 @@ def rows(feats: list[dict], candidate: str) -> np.ndarray:
     for stat in ("pmean", "pstd"):
         if f"+{stat}" in candidate:
             parts.append(evidence(np.stack([f[stat] for f in feats]), tuple(range(len(PATCH_BLOCKS)))))
+    if "crops" in candidate:
+        crops = np.stack([f["crops"] for f in feats])  # (N, crops, blocks 4-10, D)
+        if candidate.endswith(("crops1", "crops2")):  # fewer crops: the first, or the two on a diagonal
+            crops = crops[:, [0] if candidate.endswith("1") else [0, 3]]
+        n, k = crops.shape[:2]
+        mean = evidence(crops.reshape(n * k, *crops.shape[2:]), tuple(range(len(PATCH_BLOCKS)))).reshape(n, k, -1)
+        mean = mean.mean(1)
+        mean /= np.linalg.norm(mean, axis=1, keepdims=True) + 1e-8
+        parts = [mean] if candidate.startswith("crops") else parts + [mean]
     x = np.concatenate(parts, 1) / np.sqrt(len(parts))
     return np.concatenate([x, np.stack([f["low"] for f in feats])], 1).astype(np.float32)
 
@@ -126,14 +195,60 @@ def _class_rows(paths, candidate) -> ClassRows:
     return ClassRows(rows(feats, candidate), np.tile(np.arange(len(paths)), len(VIEWS)))
 
 
+def _model(c):
+    settings = JointSettings()
+    return JointModel(settings.dims, seed=settings.seed, min_margin=settings.min_margin, discriminative=c,
+                      stream=Stream(LOW_DIMS, 64, settings.low_weight))
+
+
+def sibling_thresholds(classes: dict, bank: ClassRows, c, far: float) -> dict[str, float]:
+    """Per source, the raw score that at most ``far`` of its siblings' training rows reach, each sibling
+    scored by the model fitted without it (every other source and the bank): how an enrolled source
+    scores a look-alike generator that was never enrolled."""
+    scores: dict[str, list] = {s: [] for s in classes}
+    for left in classes:
+        rest = {s: r for s, r in classes.items() if s != left}
+        if not rest:
+            continue
+        model = _model(c).fit(rest, bank)
+        raw = model.decide_arrays(classes[left].features).raw
+        for j, s in enumerate(model.names_):
+            scores[s].append(raw[:, j])
+    return {s: float(np.quantile(np.concatenate(v), 1 - far, method="higher")) for s, v in scores.items() if v}
+
+
+def dropped_sibling_thresholds(model: JointModel, classes: dict, far: float) -> dict[str, float]:
+    """:func:`sibling_thresholds` without refits: each sibling's rows scored by the fitted model with the
+    sibling's own column left out of the competitors (its training rows shaped the others' log-odds)."""
+    from occ.joint import above_competitors
+
+    names = model.names_
+    scores: dict[str, list] = {s: [] for s in names}
+    for j, left in enumerate(names):
+        keep = [k for k in range(len(names)) if k != j]
+        odds = model.log_odds_(model.geometry_.project(classes[left].features))[:, keep]
+        raw = above_competitors(odds)
+        for col, k in enumerate(keep):
+            scores[names[k]].append(raw[:, col])
+    return {s: float(np.quantile(np.concatenate(v), 1 - far, method="higher")) for s, v in scores.items() if v}
+
+
 def fit_and_decide(d, candidate):
     """(model, decisions, test rows, number of known and unknown-generator rows) of one draw."""
     settings = JointSettings()
     c = float(candidate[2:]) if candidate.startswith("C=") else settings.discriminative
     known = sorted(d["known"])
-    model = JointModel(settings.dims, seed=settings.seed, min_margin=settings.min_margin, discriminative=c,
-                       stream=Stream(LOW_DIMS, 64, settings.low_weight))
-    model.fit({s: _class_rows(d["shots"][s], candidate) for s in known}, _class_rows(list(bank_paths()), candidate))
+    model = _model(c)
+    classes = {s: _class_rows(d["shots"][s], candidate) for s in known}
+    bank = _class_rows(list(bank_paths()), candidate)
+    model.fit(classes, bank)
+    if candidate.startswith(("loso=", "drop=")):  # thresholds no lower than the siblings' quantile
+        far = float(candidate[5:])
+        sib = (sibling_thresholds(classes, bank, c, far) if candidate.startswith("loso=")
+               else dropped_sibling_thresholds(model, classes, far))
+        for s, t in sib.items():
+            cal = model.calibrations_[s]
+            model.calibrations_[s] = dataclasses.replace(cal, threshold=max(cal.threshold, t))
     kpaths = [(p, s) for s in known for p in d["tests"][s]]
     paths = [p for p, _ in kpaths] + list(d["unknown_gen"]) + list(d["real"])
     x = rows([_load(p, None) for p in paths], candidate)
@@ -186,15 +301,27 @@ def _mean_std(res: list[dict]) -> dict:
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--candidates", nargs="+", default=CANDIDATES)
+    ap.add_argument("--protocol", choices=sorted(PROTOCOLS), default="content")
+    ap.add_argument("--candidates", nargs="+", help="default: the protocol's")
+    ap.add_argument("--extract-only", choices=("forward", "reverse"),
+                    help="only run the trunk over what is not stored yet (a second process can take the other end)")
     args = ap.parse_args()
+    global SPLITS, WITH_CROPS, WORK
+    SPLITS, WITH_CROPS = PROTOCOLS[args.protocol]["splits"], args.protocol == "native"
+    if WITH_CROPS:  # entries with the crops' tokens, apart from the content protocol's
+        WORK = WORK / "native"
     data = G.normalise_devset()
+    if WITH_CROPS:  # t2icmp as the generators saved it; imagen's normalised files are its own pixels
+        data |= G.native_devset(G.CONTENT["t2icmp"]["generators"] + G.CONTENT["t2icmp"]["real"])
     G.EXCLUDED |= G.bank_copies([lab for grp in G.CONTENT.values() for lab in grp["real"]])
     draws = _draws(data)
-    extracted = extract(data, draws)
-    out = {"protocol": __doc__, "extracted_now": extracted, "candidates": {}, "openset": {}}
+    extracted = extract(data, draws, reverse=args.extract_only == "reverse")
+    if args.extract_only:
+        return
+    out = {"protocol": __doc__, "protocol_name": args.protocol, "extracted_now": extracted, "candidates": {},
+           "openset": {}}
     for split, ds in draws.items():
-        for cand in args.candidates:
+        for cand in args.candidates or PROTOCOLS[args.protocol]["candidates"]:
             res = [figures(d, cand) for d in ds]
             out["candidates"][f"{split} | {cand}"] = {"by_seed": res, **_mean_std(res)}
             m = {k: v["mean"] for k, v in _mean_std(res).items()}
