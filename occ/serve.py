@@ -36,6 +36,7 @@ import hmac
 import ipaddress
 import socket
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,6 +94,9 @@ def check_bind(host: str, token: str | None) -> None:
         raise UsageError(f"serving on {host} (not loopback) needs a bearer token: pass --token or set {TOKEN_ENV}")
 
 
+RECHECK_SECONDS = 2.0  # the longest a server trusts an unchanged change stamp without reading the versions
+
+
 class Service:
     """The loaded backbone plus the registry's verifiers, reloaded when the registry changes."""
 
@@ -103,14 +107,24 @@ class Service:
         self._state_lock = threading.Lock()
         self._compute_lock = threading.Lock()
         self._versions: dict | None = None
+        self._stamp: tuple | None = None  # the registry's change stamp when the versions were last read
+        self._checked = 0.0  # and when (time.monotonic)
         self._attributor: Attributor | None = None
         self._skipped: dict[str, str] = {}
         self._extractor = FeatureExtractor(backbone, max_pixels=self.limits.max_pixels)
 
     def state(self) -> tuple[Attributor | None, dict[str, str]]:
-        """(attributor over every usable source or None when there is none, {unusable source: reason})."""
-        versions = self.registry.versions()
+        """(attributor over every usable source or None when there is none, {unusable source: reason}).
+        The registry's versions are read again when its change stamp moved (:meth:`Registry.changes`),
+        and at least every :data:`RECHECK_SECONDS` all the same."""
+        stamp, now = self.registry.changes(), time.monotonic()
         with self._state_lock:
+            if (self._versions is not None and stamp is not None and stamp == self._stamp
+                    and now - self._checked < RECHECK_SECONDS):
+                return self._attributor, self._skipped
+        versions = self.registry.versions()  # read after the stamp: a change from here on moves it again
+        with self._state_lock:
+            self._stamp, self._checked = stamp, now
             if versions != self._versions:
                 skipped: dict[str, str] = {}
                 try:  # every usable source, lda ones decided by the registry's joint model

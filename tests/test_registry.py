@@ -232,6 +232,37 @@ def test_remove(saved: Registry) -> None:
     assert_same_tensors(saved.load("midjourney")[0], make_tensors(5))
 
 
+def test_change_stamp_moves_with_every_committed_write_and_only_then(reg: Registry, tmp_path: Path) -> None:
+    assert reg.changes() is None  # nothing written yet
+    seen = [None]
+
+    def moved() -> bool:
+        stamp = reg.changes()
+        new = stamp is not None and stamp not in seen
+        seen.append(stamp)
+        return new
+
+    reg.save("a", make_tensors(1), {})
+    assert moved()
+    reg.names(), reg.versions(), reg.info("a"), reg.load("a")
+    assert not moved(), "reading must not move the stamp"
+    reg.save("a", make_tensors(2), {}, replace=True)
+    assert moved()
+    with pytest.raises(UsageError):
+        reg.save("a", make_tensors(3), {})  # refused: nothing committed
+    assert not moved()
+    archive = reg.export("a", tmp_path / "a.occ.zip")
+    reg.import_file(archive, as_name="b")
+    assert moved()
+    reg.write_joint("joint-" + "0" * 16 + ".safetensors", b"not a model, only bytes")
+    assert moved()
+    reg.remove("a")
+    assert moved() and reg.names() == ["b"]
+    (reg.root / ".changes.0123456789abcdef.tmp").write_text("left by a crashed writer")
+    reg.remove("b")
+    assert moved() and [n for n in os.listdir(reg.root) if n.endswith(".tmp")] == []
+
+
 @pytest.mark.parametrize("action", ["info", "load", "remove", "export"])
 def test_unknown_name_message(saved: Registry, action: str, tmp_path: Path) -> None:
     call = {

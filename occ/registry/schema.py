@@ -25,6 +25,7 @@ EXPORT_SUFFIX = ".occ.zip"
 
 REGISTRY_FILE = "registry.json"
 LOCK_FILE = ".lock"
+CHANGES_FILE = ".changes"  # a new token after every committed write: readers notice changes in one stat
 STAGING_DIR = ".staging"
 SOURCES_DIR = "sources"
 CURRENT_FILE = "CURRENT"
@@ -59,6 +60,7 @@ ROOT_TMP_RE = re.compile(r"\.registry\.json\.[0-9a-f]{16}\.tmp")
 JOINT_PREFIX = "joint-"
 JOINT_RE = re.compile(r"joint-[0-9a-f]{16}\.safetensors")
 JOINT_TMP_RE = re.compile(r"\.joint-[A-Za-z0-9._-]*\.tmp")
+CHANGES_TMP_RE = re.compile(r"\.changes\.[0-9a-f]{16}\.tmp")
 FSYNC_DIR_UNSUPPORTED = frozenset(
     {errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EBADF, errno.EISDIR, errno.EACCES, errno.EPERM}
 )

@@ -33,6 +33,8 @@ from occ.registry.files import (
     write_file,
 )
 from occ.registry.schema import (
+    CHANGES_FILE,
+    CHANGES_TMP_RE,
     CURRENT_FILE,
     EXPORT_SUFFIX,
     JOINT_PREFIX,
@@ -150,6 +152,25 @@ class Registry:
             except OccError:
                 out[name] = None
         return out
+
+    def changes(self) -> tuple[int, int, int] | None:
+        """A stamp of the registry's ``.changes`` file (None when there is none): it differs after every
+        committed write. One ``stat``, where :meth:`versions` reads a file per source (80 ms at 1,000
+        sources), so a long-running reader can check it on every request and call :meth:`versions` only
+        when it moved (and now and then all the same: a writer that crashed between its commit and the
+        stamp leaves it unchanged)."""
+        try:
+            info = os.stat(self.root / CHANGES_FILE)
+        except OSError:
+            return None
+        return info.st_ino, info.st_mtime_ns, info.st_size
+
+    def _stamp_changes(self) -> None:
+        """Replace ``.changes`` with a new token (under the lock, after a commit). Never raises: the
+        write it follows has happened, and readers also check :meth:`versions` now and then."""
+        token = secrets.token_hex(16)
+        with contextlib.suppress(OSError):
+            atomic_write(self.root / CHANGES_FILE, (token + "\n").encode(), f"{CHANGES_FILE}.{token[:16]}.tmp")
 
     def info(self, name: str) -> SourceRecord:
         """The verified ``verifier.json`` of ``name`` (tensors are not read)."""
@@ -340,6 +361,7 @@ class Registry:
                 trash = self._staging / f"trash-{secrets.token_hex(8)}"
                 os.rename(self._sources / name, trash)  # atomic: readers see all of it or none
                 fsync_dir(self._sources, strict=False)
+                self._stamp_changes()
                 remove_tree(trash)
         except OSError as exc:
             raise registry_error(
@@ -424,6 +446,7 @@ class Registry:
                 elif os.path.lexists(path):
                     os.unlink(path)
                     fsync_dir(self.root, strict=False)
+                self._stamp_changes()
                 return True
         except OSError as exc:
             raise registry_error(
@@ -553,6 +576,7 @@ class Registry:
                 # Committed. Nothing below may raise: the write has happened.
                 with contextlib.suppress(OSError):
                     fsync_dir(folder, strict=False)
+                self._stamp_changes()
                 _fault_point("current-replaced")
                 self._drop_other_versions(folder, version)
                 _fault_point("cleaned")
@@ -598,7 +622,7 @@ class Registry:
         with contextlib.suppress(OSError):
             for entry in os.listdir(self.root):
                 # (written only under the lock: the one found now was left by a writer that died)
-                if ROOT_TMP_RE.fullmatch(entry) or JOINT_TMP_RE.fullmatch(entry):
+                if ROOT_TMP_RE.fullmatch(entry) or JOINT_TMP_RE.fullmatch(entry) or CHANGES_TMP_RE.fullmatch(entry):
                     remove_tree(self.root / entry)
         try:
             entries = os.listdir(self._staging)
