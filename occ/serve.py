@@ -107,7 +107,7 @@ class Service:
         self._state_lock = threading.Lock()
         self._compute_lock = threading.Lock()
         self._versions: dict | None = None
-        self._stamp: tuple | None = None  # the registry's change stamp when the versions were last read
+        self._stamp: str | None = None  # the registry's change stamp when the versions were last read
         self._checked = 0.0  # and when (time.monotonic)
         self._attributor: Attributor | None = None
         self._skipped: dict[str, str] = {}

@@ -6,7 +6,7 @@ Layout (``root`` is :func:`occ.paths.registry_dir`)::
       registry.json                  {"format": "occ-registry", "schema_version": 1}, made by the first write
       .lock                          inter-process writer lock (filelock); readers never take it
       .changes                       a random token, replaced after every committed write (source or
-                                     joint model): a long-running reader stats it to notice changes
+                                     joint model): a long-running reader reads it to notice changes
                                      (:meth:`Registry.changes`)
       .staging/                      folders of writes in progress; readers ignore it
       sources/<name>/CURRENT         name of the committed version folder, replaced atomically

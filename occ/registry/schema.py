@@ -25,7 +25,7 @@ EXPORT_SUFFIX = ".occ.zip"
 
 REGISTRY_FILE = "registry.json"
 LOCK_FILE = ".lock"
-CHANGES_FILE = ".changes"  # a new token after every committed write: readers notice changes in one stat
+CHANGES_FILE = ".changes"  # a new token after every committed write: readers notice changes in one read
 STAGING_DIR = ".staging"
 SOURCES_DIR = "sources"
 CURRENT_FILE = "CURRENT"
