@@ -2,6 +2,11 @@
 same photos as the JPEG q90 files an earlier commit shipped, on the content-matched draws.
 
     python bench/bank_format.py --out bench/results/bank_format.json [--seeds 3] [--old-ref 9c10ddc]
+    python bench/bank_format.py --candidate DIR --candidate-label NAME --out OUT.json
+
+The second form compares the shipped bank with a candidate bank in a folder (with its own
+PROVENANCE.csv, as ``tools/build_negative_bank.py --out DIR`` writes it) instead of the old JPEG one,
+the same way: bench/README.md, "Artwork in the bank".
 
 Why: a bank that was all JPEG q90, beside generated shots that are mostly lossless, taught the joint
 model that JPEG traces mean "photo" (``bench/format_cue.py``), so photos whose traces a downscale had
@@ -11,7 +16,7 @@ other prompts), enrolled and decided through the product path (``occ.enrollment.
 ``occ.openset.refit``, ``occ.attribution.Attributor``) with occ's shipped defaults; only the files the
 non-target bank is read from differ (``occ.negatives.BANK_DIR``). Both banks hold the same photos: the
 old one is cut to the files the shipped one keeps (by their path in their package), and the photos
-left out of every draw as copies of a bank image are those of the larger, old bank, for both.
+left out of every draw as copies of a bank image are those of either bank, for both.
 Reported per bank and group: mean and spread over seeds of the protocol's figures, photos accepted per
 kind, own images accepted clean and after ``jpeg:75`` / ``resize:0.5``, and the protocol's selection
 criterion (open-set AUROC plus the mean of known-correct and unknown-rejected), with the baselines of
@@ -73,6 +78,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--old-ref", default=OLD_REF, help="git commit holding the JPEG q90 bank")
+    ap.add_argument("--candidate", type=Path, help="compare the shipped bank with this folder instead")
+    ap.add_argument("--candidate-label", default="candidate", help="the candidate's name in the results")
     args = ap.parse_args()
     from occ.backbones import load_backbone
     from occ.features import FeatureExtractor
@@ -83,11 +90,18 @@ def main() -> None:
     extractor = FeatureExtractor(backbone)
     rows = []
     with tempfile.TemporaryDirectory(prefix="occ-bank-format-") as tmp:
-        old = old_bank(args.old_ref, Path(tmp) / "cut", provenance_keys(shipped))
-        banks = {"jpeg-q90 (old)": old, "lossless (shipped)": shipped}
-        # photos that are copies of a bank image, found in the whole old bank: left out for both banks
-        use_bank(old_bank(args.old_ref, Path(tmp) / "whole"))
-        G.EXCLUDED.update(G.bank_copies(sorted({lab for c in G.CONTENT.values() for lab in c["real"]})))
+        if args.candidate:
+            banks = {"shipped": shipped, args.candidate_label: args.candidate}
+            whole = args.candidate
+        else:
+            old = old_bank(args.old_ref, Path(tmp) / "cut", provenance_keys(shipped))
+            banks = {"jpeg-q90 (old)": old, "lossless (shipped)": shipped}
+            whole = old_bank(args.old_ref, Path(tmp) / "whole")
+        # photos that are copies of an image of either bank (the whole old one): left out for both banks
+        photo_labels = sorted({lab for c in G.CONTENT.values() for lab in c["real"]})
+        for folder in (whole, shipped):
+            use_bank(folder)
+            G.EXCLUDED.update(G.bank_copies(photo_labels))
         for group in GROUPS:
             for seed in range(args.seeds):
                 draw = G.content_draw(data, group, seed, 10)
@@ -104,7 +118,7 @@ def main() -> None:
                         "real_accepted", "criterion")}, f"{time.time() - start:.0f} s", flush=True)
         use_bank(shipped)
     summary = {group: {label: G.summarise([r for r in rows if r["group"] == group and r["bank"] == label])
-                       for label in ("jpeg-q90 (old)", "lossless (shipped)")} for group in GROUPS}
+                       for label in banks} for group in GROUPS}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"protocol": __doc__, "args": {k: str(v) for k, v in vars(args).items()},
                                     "photos_left_out_as_bank_copies": sorted(G.EXCLUDED),

