@@ -119,9 +119,11 @@ def cluster():
 
 
 def start(*args, env: dict, timeout: float = 180) -> tuple[subprocess.Popen, str]:
-    """A child ``occ serve --engine ray ARGS`` and its 'serving on' line."""
+    """A child ``occ serve --engine ray ARGS`` and its 'serving on' line. The child starts with SIGINT
+    ignored, as a background job of a script does: Ctrl-C (:func:`stop`) must stop it all the same."""
     proc = subprocess.Popen(clikit.occ_argv("serve", "--engine", "ray", *args), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=clikit.subprocess_env(**env))
+                            stderr=subprocess.PIPE, text=True, env=clikit.subprocess_env(**env),
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     line, seen = "", []
     deadline = time.monotonic() + timeout
     while "serving on" not in line:
@@ -140,8 +142,12 @@ def start(*args, env: dict, timeout: float = 180) -> tuple[subprocess.Popen, str
 def stop(proc: subprocess.Popen, sig: int = signal.SIGINT) -> tuple[int, str, str]:
     """Ctrl-C (or ``sig``): (exit code, stdout, all of stderr)."""
     proc.send_signal(sig)
+    try:
+        proc.wait(120)  # it writes nothing on stdout, so waiting first cannot block it on a full pipe
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise AssertionError(f"occ serve --engine ray did not stop on signal {sig}") from None
     out = proc.stdout.read()
-    proc.wait(120)
     proc.err_reader.join(30)
     return proc.returncode, out, "".join(proc.err_lines)
 

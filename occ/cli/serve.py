@@ -134,7 +134,9 @@ def serve_on_ray(service_module, reg, limits, *, host: str, port: int, token: st
     with contextlib.redirect_stdout(sys.stderr):
         distributed.init(address, None if address else max(usable_cpus(), replicas * per_replica),
                          log_to_driver=True)
-        previous = signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM stops as Ctrl-C does: cleanly
+        # SIGTERM stops as Ctrl-C does: cleanly; Ctrl-C is handled here too, as the plain engine's uvicorn
+        # does, so a server started with SIGINT ignored (nohup, a background job of a script) still stops
+        previous = {s: signal.signal(s, _interrupt) for s in (signal.SIGTERM, signal.SIGINT)}
         try:
             if device == "cuda" and ray.cluster_resources().get("GPU", 0) < replicas:
                 raise UsageError(f"--device cuda: the Ray cluster has {ray.cluster_resources().get('GPU', 0):g} "
@@ -162,7 +164,8 @@ def serve_on_ray(service_module, reg, limits, *, host: str, port: int, token: st
             finally:
                 service_module.stop_on_ray(local=address is None)
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            for s, handler in previous.items():
+                signal.signal(s, handler)
             ray.shutdown()  # a local runtime stops; a cluster's stays up, this process leaves it
     err.print("stopped", markup=False)
 
