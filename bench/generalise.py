@@ -21,8 +21,8 @@ For ``imagen-*`` a second draw takes each source's shots from its largest prompt
 three prompts, as a user's samples from one session often are). Photos: the ``imagen`` split reads
 real-imagenet, real-kodak and real-sam, the ``t2icmp`` split real-dif, real-cnndet, real-skimage and
 real-scenetext; false accepts are reported per kind of photo. Photos that are copies of a shipped bank
-image (7 of real-skimage's 14: the bank re-encodes the same scikit-image samples) are left out of every
-draw, since they are not unlike the bank (``bank_copies``; listed in the results). Roles rotate as for
+image are left out of every draw, since they are not unlike the bank (``bank_copies``; listed in the
+results: 7 of real-skimage's 14 with the JPEG bank, none since the lossless rebuild refuses them). Roles rotate as for
 the GAN-era folds: the joint model's log-odds (``occ.joint`` point 3: the discriminant, or the logistic regression at
 C = 1 or 0.1) and the weight of the low-level stream (:mod:`occ.lowlevel`: none, 0.3 or 1) are
 selected on one group ("many" draws) and reported on the other, beside their ablations (each choice
@@ -138,8 +138,8 @@ def _signature(path) -> np.ndarray:
 
 
 def bank_copies(labels, threshold=0.98) -> set[str]:
-    """Devset photos (of ``labels``) that are copies of a shipped bank image (the bank re-encodes some of
-    scikit-image's sample photos, which the devset's real-skimage set also holds): not "unlike the bank",
+    """Devset photos (of ``labels``) that are copies of a shipped bank image (a bank that re-encodes some
+    of scikit-image's sample photos, which the devset's real-skimage set also holds): not "unlike the bank",
     so the protocol leaves them out of the photos it reports. Compared on the devset's own files, and
     returned as those files and as their normalised copies (whose cropped bottom hides the likeness)."""
     from occ.negatives import bank_paths
