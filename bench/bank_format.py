@@ -98,10 +98,9 @@ def main() -> None:
             banks = {"jpeg-q90 (old)": old, "lossless (shipped)": shipped}
             whole = old_bank(args.old_ref, Path(tmp) / "whole")
         # photos that are copies of an image of either bank (the whole old one): left out for both banks
-        photo_labels = sorted({lab for c in G.CONTENT.values() for lab in c["real"]})
         for folder in (whole, shipped):
             use_bank(folder)
-            G.EXCLUDED.update(G.bank_copies(photo_labels))
+            G.exclude_content_bank_copies()
         for group in GROUPS:
             for seed in range(args.seeds):
                 draw = G.content_draw(data, group, seed, 10)
@@ -125,10 +124,10 @@ def main() -> None:
                                     "summary": summary, "rows": rows}, indent=1, default=float))
     for group in GROUPS:
         for label, s in summary[group].items():
-            print(group, label, {k: f"{s[k]['mean']:.3f}+-{s[k]['std']:.3f}" for k in (
+            print(group, label, G.mean_std(s, (
                 "verification_auc", "open_set_auroc", "closed_set_accuracy", "known_correct",
                 "unknown_rejected", "real_accepted", "own_accept_clean", "own_accept_jpeg:75", "criterion",
-                "lr_best_block_verification_auc", "usia_open_set_auroc")})
+                "lr_best_block_verification_auc", "usia_open_set_auroc")))
 
 
 if __name__ == "__main__":

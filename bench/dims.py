@@ -46,7 +46,7 @@ def main() -> None:
     data = G.normalise_devset()
     backbone = load_backbone(None)
     extractor = FeatureExtractor(backbone)
-    G.EXCLUDED.update(G.bank_copies(sorted({lab for c in G.CONTENT.values() for lab in c["real"]})))
+    G.exclude_content_bank_copies()
     views, _, tprs, floors = G._fixed()
     rows = []
     for group in args.groups:
@@ -76,10 +76,10 @@ def main() -> None:
     args.out.write_text(json.dumps(out, indent=1, default=float))
     for g in args.groups:
         for d, s in summary[g].items():
-            print(g, d, {k: f"{s[k]['mean']:.3f}+-{s[k]['std']:.3f}" for k in (
+            print(g, d, G.mean_std(s, (
                 "verification_auc", "open_set_auroc", "closed_set_accuracy", "known_correct", "unknown_rejected",
                 "unknown_generators_rejected", "real_accepted", "criterion", "lr_best_block_verification_auc",
-                "usia_open_set_auroc", "usia_closed_set_accuracy")})
+                "usia_open_set_auroc", "usia_closed_set_accuracy")))
     print("selected:", out.get("selected_on_imagen"))
 
 

@@ -52,7 +52,7 @@ def main():
     from occ.training import TrainSettings
 
     data = G.normalise_devset()
-    G.EXCLUDED.update(G.bank_copies(sorted({lab for c in G.CONTENT.values() for lab in c["real"]})))
+    G.exclude_content_bank_copies()
     backbone = load_backbone(None)
     extractor = FeatureExtractor(backbone)
     rows = []

@@ -436,6 +436,17 @@ def summarise(rows):
                 "std": float(np.nanstd([r.get(k, np.nan) for r in rows]))} for k in keys}
 
 
+def mean_std(summary: dict, keys) -> dict[str, str]:
+    """``keys`` of a :func:`summarise` result as 'mean+-std' strings, for a run's closing lines."""
+    return {k: f"{summary[k]['mean']:.3f}+-{summary[k]['std']:.3f}" for k in keys}
+
+
+def exclude_content_bank_copies() -> None:
+    """Leave out of every content-matched draw the photos that copy an image of the bank in use
+    (:func:`bank_copies` of the content groups' photo sets, added to :data:`EXCLUDED`)."""
+    EXCLUDED.update(bank_copies(sorted({lab for c in CONTENT.values() for lab in c["real"]})))
+
+
 HIGHER = ("verification_auc", "open_set_auroc", "closed_set_accuracy", "known_correct", "unknown_rejected",
           "unknown_generators_rejected")
 

@@ -128,7 +128,7 @@ def main() -> None:
     data = G.normalise_devset()
     backbone = load_backbone(None)
     extractor = FeatureExtractor(backbone)
-    G.EXCLUDED.update(G.bank_copies(sorted({lab for c in G.CONTENT.values() for lab in c["real"]})))
+    G.exclude_content_bank_copies()
     rows = []
     for group in args.groups:
         for seed in range(args.seeds):
@@ -158,10 +158,10 @@ def main() -> None:
     args.out.write_text(json.dumps(out, indent=1, default=float))
     for g in args.groups:
         for r, s in summary[g].items():
-            print(g, r, {k: f"{s[k]['mean']:.3f}+-{s[k]['std']:.3f}" for k in (
+            print(g, r, G.mean_std(s, (
                 "verification_auc", "open_set_auroc", "closed_set_accuracy", "known_correct", "unknown_rejected",
                 "real_accepted", "own_accept_clean", "own_accept_jpeg:75", "own_accept_resize:0.5",
-                "laundering_gap", "criterion", "lr_best_block_verification_auc", "usia_open_set_auroc")})
+                "laundering_gap", "criterion", "lr_best_block_verification_auc", "usia_open_set_auroc")))
     print("selected:", out.get("selected_on_imagen"))
 
 
