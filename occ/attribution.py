@@ -138,6 +138,8 @@ class Attributor:
         self._joint_names = set(joint.names_) & set(self.verifiers) if joint is not None else set()
         self._own = [n for n in self.verifiers if n not in self._joint_names]  # scored by their own heads
         self.blocks = tuple(sorted({b for n in self._own for b in self.verifiers[n].kv_blocks(backbone)}))
+        # whether the trunk reads each image's native-resolution crops too (the joint model's evidence)
+        self.crops = bool(self._joint_names) and bool(joint.settings_.crops)
 
     @property
     def records(self) -> dict[str, decisions.DecisionRecord]:
@@ -184,7 +186,7 @@ class Attributor:
         calibrated = {name: calibrations[name].probability(raw[name]) for name in own}
         reasons: list[dict[str, str]] = [{} for _ in paths]
         if self._joint_names:
-            joint = self.joint.decide_arrays(self.joint.settings_.rows(trunk.cls_array, trunk.low))
+            joint = self.joint.decide_arrays(self.joint.settings_.rows(trunk.cls_array, trunk.low, trunk.crops))
             cols = [j for j, name in enumerate(joint.names) if name in self._joint_names]
             joint_raw = joint.raw[:, cols].astype(np.float64)
             joint_accepted = joint.named[:, None] == np.asarray(cols, dtype=joint.named.dtype)[None]
@@ -268,7 +270,7 @@ class Attributor:
     def run_files(self, files: Sequence[ImageFile],
                   on_error: Callable[[ImageError], None] | None = None) -> Iterator[Decision]:
         """Decisions for images whose bytes are already read (see :meth:`FeatureExtractor.from_files`)."""
-        for batch in self.extractor.from_files(files, self.blocks, on_error):
+        for batch in self.extractor.from_files(files, self.blocks, on_error, crops=self.crops):
             yield from self.decide(batch.trunk, [im.path for im in batch.images])
 
 

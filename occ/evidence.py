@@ -14,6 +14,19 @@ a random chain of resize (x0.5-0.9, p 0.5), Gaussian blur (sigma 0.3-1.2, p 0.3)
 each side) with a horizontal flip (p 0.5), then JPEG at quality 60-95 (p 0.8). The chain is drawn
 from a generator seeded by the view's label and the image's pixels, so the same image, seed and view
 index always give the same copy (and the feature cache can key on it).
+
+**Native-resolution crops.** The trunk's view of an image is downscaled to 224 px, which keeps what is
+drawn and loses most of how the pixels were made. Each image is also read through
+:data:`CROP_COUNT` crops of its own pixels at the trunk's input size (no resampling): square windows
+centred on the diagonal of a 2 x 2 grid (a quarter of the way in from the top left, and from the
+bottom right), clamped inside the image. An image whose shorter side is under the input size gives
+windows of that side, resized up to it; only the windows are ever resized, so a 20,000-pixel-wide image
+costs what a small one does (:func:`native_crops`). Their CLS tokens go through the trunk beside the
+main view's and are cached with it; their evidence (:func:`crop_evidence`: each crop's evidence vector,
+averaged over the crops, scaled to unit length) is joined to the main view's in the joint model
+(:class:`occ.openset.JointSettings`). Selected on the content-matched validation generators
+(``bench/evidence_study.py --protocol native``: two crops passed the rule fixed before the run, within
+0.005 of four); it costs two more trunk passes an image.
 """
 
 from __future__ import annotations
@@ -32,6 +45,9 @@ if TYPE_CHECKING:
 
 DEFAULT_BLOCKS = (4, 5, 6, 7, 8, 9, 10)  # of a 12-block tower; other depths: the same band, scaled
 DEFAULT_VIEWS = 2  # laundered copies per training image, besides the image itself (bench/generalise.py)
+CROPS_VERSION = "diag2-v1"  # changes whenever native_crops would give other crops (cache keys, stored evidence)
+CROP_CENTRES = (0.25, 0.75)  # each crop's centre, as a share of the width and of the height
+CROP_COUNT = len(CROP_CENTRES)
 
 
 def default_blocks(num_layers: int) -> tuple[int, ...]:
@@ -48,6 +64,34 @@ def evidence(cls: np.ndarray, blocks: Sequence[int] = DEFAULT_BLOCKS) -> np.ndar
     parts = cls[:, list(blocks)]
     parts = parts / (np.linalg.norm(parts, axis=-1, keepdims=True) + 1e-8)
     return (parts.reshape(len(cls), -1) / np.sqrt(len(blocks))).astype(np.float32)
+
+
+def crop_evidence(crops: np.ndarray, blocks: Sequence[int] = DEFAULT_BLOCKS) -> np.ndarray:
+    """(N, K, L+1, D) CLS tokens of each image's K native-resolution crops -> (N, len(blocks) * D) float32:
+    each crop's :func:`evidence`, averaged over the crops, scaled to unit length."""
+    crops = np.asarray(crops, dtype=np.float32)
+    n, k = crops.shape[:2]
+    mean = evidence(crops.reshape(n * k, *crops.shape[2:]), blocks).reshape(n, k, -1).mean(1)
+    return (mean / (np.linalg.norm(mean, axis=1, keepdims=True) + 1e-8)).astype(np.float32)
+
+
+def native_crops(image: Image.Image, side: int) -> list[Image.Image]:
+    """The :data:`CROP_COUNT` native-resolution crops of ``image`` (see the module docstring), RGB,
+    ``side`` x ``side`` pixels each."""
+    from PIL import Image
+
+    w, h = image.size
+    window = min(side, w, h)  # a smaller image: the largest square that fits, resized up to ``side``
+    out = []
+    for f in CROP_CENTRES:
+        x = min(max(0, round(f * w - window / 2)), w - window)
+        y = min(max(0, round(f * h - window / 2)), h - window)
+        crop = image.crop((x, y, x + window, y + window))
+        crop = crop.convert("RGB") if crop.mode != "RGB" else crop
+        if window != side:
+            crop = crop.resize((side, side), Image.Resampling.BICUBIC)
+        out.append(crop)
+    return out
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """Batched trunk passes with an on-disk feature cache.
 
 Every image goes through the frozen trunk once, and its low-level evidence (:mod:`occ.lowlevel`) is
-computed from the same decoded pixels; what they return is stored under
+computed from the same decoded pixels; on request (``crops=True``) its native-resolution crops
+(:func:`occ.evidence.native_crops`) go through the trunk too. What they return is stored under
 ``<cache>/features/<backbone key>/<sha[:2]>/<sha>.safetensors``, keyed by the sha256 of the image file's
 bytes and the backbone fingerprint (which includes the preprocessing version). Files are written to a
 temporary name and renamed into place, so concurrent processes never see a half-written entry (the
@@ -26,6 +27,7 @@ from safetensors.numpy import save as st_save
 
 from occ.backbones.base import Backbone, Trunk, empty_trunk
 from occ.errors import ImageError, first_line
+from occ.evidence import CROP_COUNT, CROPS_VERSION, native_crops
 from occ.images import MAX_PIXELS, ImageFile, check_declared, decode_image, iter_paths, load_image, read_image_file
 from occ.lowlevel import DIMS as LOW_DIMS
 from occ.lowlevel import VERSION as LOW_VERSION
@@ -39,6 +41,7 @@ if TYPE_CHECKING:
 FEATURE_FORMAT = "occ-trunk-v2"
 DEFAULT_BATCH = 16
 LOW_KEY = f"low.{LOW_VERSION}"  # an entry's low-level evidence (entries written before it lack the key)
+CROPS_KEY = f"crops.{CROPS_VERSION}"  # the native-resolution crops' CLS tokens (only where asked for once)
 
 
 @dataclass(frozen=True)
@@ -91,12 +94,13 @@ class FeatureCache:
         self.fingerprint = backbone.fingerprint
         self._shapes = {"cls": (backbone.num_layers + 1, backbone.hidden_size),
                         "embeds": (backbone.projection_dim,),
-                        "kv": (2, backbone.num_patches, backbone.hidden_size), LOW_KEY: (LOW_DIMS,)}
+                        "kv": (2, backbone.num_patches, backbone.hidden_size), LOW_KEY: (LOW_DIMS,),
+                        CROPS_KEY: (CROP_COUNT, backbone.num_layers + 1, backbone.hidden_size)}
 
     def _fits(self, name: str, tensor: np.ndarray) -> bool:
         """Whether a stored tensor has this backbone's shape and dtype (anything else is damage)."""
         kind = "kv" if name.startswith("kv.") else name
-        dtype = np.float16 if kind == "kv" else np.float32
+        dtype = np.float16 if kind in ("kv", CROPS_KEY) else np.float32
         return tensor.dtype == dtype and tuple(tensor.shape) == self._shapes.get(kind)
 
     def _path(self, sha: str) -> Path:
@@ -104,7 +108,8 @@ class FeatureCache:
 
     def get(self, sha: str, blocks: tuple[int, ...]) -> Trunk | None:
         """The stored trunk output of ``sha`` with keys/values of ``blocks`` (None: recompute); its ``low``
-        is None when the entry holds no (or damaged) low-level evidence, which is computed then alone."""
+        (``crops``) is None when the entry holds no (or damaged) low-level evidence (crops' CLS tokens),
+        which is computed then alone."""
         path = self._path(sha)
         try:
             data = path.read_bytes()
@@ -119,24 +124,29 @@ class FeatureCache:
             if t is None or not self._fits(f"kv.{b}", t):
                 return None
             kv[b] = t[None]
-        low = tensors.get(LOW_KEY)
+        low, crops = (tensors.get(k) for k in (LOW_KEY, CROPS_KEY))
         low = low[None] if low is not None and self._fits(LOW_KEY, low) else None
-        return Trunk(tensors["cls"][None], tensors["embeds"][None], kv, low)
+        crops = crops[None] if crops is not None and self._fits(CROPS_KEY, crops) else None
+        return Trunk(tensors["cls"][None], tensors["embeds"][None], kv, low, crops)
 
     def put(self, sha: str, trunk: Trunk) -> None:
-        """Store one image's trunk output (row 0 of ``trunk``), keeping key/value blocks already stored."""
+        """Store one image's trunk output (row 0 of ``trunk``), keeping key/value blocks (and crops' CLS
+        tokens) already stored."""
         path = self._path(sha)
         tensors = {"cls": np.ascontiguousarray(trunk.cls_array[0]),
                    "embeds": np.ascontiguousarray(trunk.embeds_array[0])}
         try:
             old = st_load(path.read_bytes())
-            tensors.update({k: v for k, v in old.items() if k.startswith("kv.") and self._fits(k, v)})
+            kept = (k for k in old if k.startswith("kv.") or k == CROPS_KEY)
+            tensors.update({k: old[k] for k in kept if self._fits(k, old[k])})
         except (OSError, SafetensorError, ValueError):
             pass
         for b, t in trunk.kv_arrays.items():
             tensors[f"kv.{b}"] = np.ascontiguousarray(t[0])
         if trunk.low is not None:
             tensors[LOW_KEY] = np.ascontiguousarray(trunk.low[0])
+        if trunk.crops is not None:
+            tensors[CROPS_KEY] = np.ascontiguousarray(trunk.crops[0], np.float16)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f".{path.name}.{os.getpid()}.{id(tensors)}.tmp")
@@ -174,17 +184,18 @@ class FeatureExtractor:
         self.max_pixels = int(max_pixels)  # larger declared images are refused before decoding
 
     def _batch(self, files: list[ImageFile], blocks: tuple[int, ...],
-               on_error: Callable[[ImageError], None] | None, transform: Transform | None) -> Features | None:
+               on_error: Callable[[ImageError], None] | None, transform: Transform | None,
+               crops: bool = False) -> Features | None:
         keys = [derived_key(f.sha256, transform) for f in files]
         rows: list[Trunk | None] = [self.cache.get(k, blocks) if self.cache else None for k in keys]
         decoded: dict[int, Image.Image] = {}
         for i, f in enumerate(files):
-            cached = rows[i] is not None and rows[i].low is not None
+            cached = rows[i] is not None and rows[i].low is not None and (not crops or rows[i].crops is not None)
             try:
                 if cached:  # a cached image is held to this extractor's limits like a new one
                     check_declared(f, max_pixels=self.max_pixels)
                     continue
-                image = decode_image(f, max_pixels=self.max_pixels).image  # the trunk or the low-level part
+                image = decode_image(f, max_pixels=self.max_pixels).image  # what is missing is computed
                 if transform is not None:
                     image = _transformed(f, image, transform)
             except ImageError as exc:
@@ -199,6 +210,12 @@ class FeatureExtractor:
                 out = self.backbone.trunk(self.backbone.preprocess([decoded[i] for i in order]), blocks)
                 for j, i in enumerate(order):
                     rows[i] = out.select([j])
+            if crops and (need := [i for i in decoded if rows[i].crops is None]):
+                side = self.backbone.preprocess.size
+                views = [c for i in need for c in native_crops(decoded[i], side)]
+                cls = self.backbone.trunk(self.backbone.preprocess(views)).cls_array.astype(np.float16)
+                for j, i in enumerate(need):
+                    rows[i].crops = cls[j * CROP_COUNT:(j + 1) * CROP_COUNT][None]
             for i, image in decoded.items():
                 rows[i].low = lowlevel_features(image)[None]
                 if self.cache:
@@ -206,17 +223,21 @@ class FeatureExtractor:
         kept = [i for i, r in enumerate(rows) if r is not None]
         if not kept:
             return None
+        if not crops:
+            for i in kept:
+                rows[i].crops = None  # what was not asked for is not handed on (one shape per batch)
         return Features([ImageRef(files[i].path, keys[i]) for i in kept], Trunk.concat([rows[i] for i in kept]))
 
     def stream(self, inputs: Iterable, blocks: Sequence[int] = (),
                on_error: Callable[[ImageError], None] | None = None,
-               transform: Transform | None = None) -> Iterator[Features]:
+               transform: Transform | None = None, crops: bool = False) -> Iterator[Features]:
         """Features of the images under ``inputs`` (files and folders), batch by batch, in input order.
 
         Memory is bounded by the batch size. Bad files are passed to ``on_error`` as a one-line
         :class:`ImageError` and skipped. With ``transform`` (e.g. a :class:`occ.perturb.Perturbation`),
         each image is transformed before the trunk; the cache then keys on the file's sha256 plus the
-        transform's label (see :func:`derived_key`).
+        transform's label (see :func:`derived_key`). With ``crops``, the trunk's output holds the CLS
+        tokens of each image's native-resolution crops too (``Trunk.crops``).
         """
         blocks = tuple(sorted(set(blocks)))
         batch: list[ImageFile] = []
@@ -231,25 +252,25 @@ class FeatureExtractor:
                     on_error(item)
                 continue
             if len(batch) == self.batch_size:
-                if (features := self._batch(batch, blocks, on_error, transform)) is not None:
+                if (features := self._batch(batch, blocks, on_error, transform, crops)) is not None:
                     yield features
                 batch = []
-        if batch and (features := self._batch(batch, blocks, on_error, transform)) is not None:
+        if batch and (features := self._batch(batch, blocks, on_error, transform, crops)) is not None:
             yield features
 
     def from_files(self, files: Sequence[ImageFile], blocks: Sequence[int] = (),
-                   on_error: Callable[[ImageError], None] | None = None) -> Iterator[Features]:
+                   on_error: Callable[[ImageError], None] | None = None, crops: bool = False) -> Iterator[Features]:
         """Like :meth:`stream` for images whose bytes are already read (uploads, remote reads): the
         cache keys on their sha256 and errors name their ``path``."""
         blocks = tuple(sorted(set(blocks)))
         for start in range(0, len(files), self.batch_size):
             if (features := self._batch(list(files[start:start + self.batch_size]), blocks, on_error,
-                                        None)) is not None:
+                                        None, crops)) is not None:
                 yield features
 
     def load(self, inputs: Iterable, blocks: Sequence[int] = (),
              on_error: Callable[[ImageError], None] | None = None, transform: Transform | None = None,
-             on_progress: Callable[[int], None] | None = None) -> Features:
+             on_progress: Callable[[int], None] | None = None, crops: bool = False) -> Features:
         """All images under ``inputs`` with their features (for enrollment-sized sets). ``on_progress``
         is called after each batch with the number of inputs dealt with so far (read or failed)."""
         done = 0
@@ -261,13 +282,13 @@ class FeatureExtractor:
                 on_error(exc)
 
         parts = []
-        for part in self.stream(inputs, blocks, failed, transform):
+        for part in self.stream(inputs, blocks, failed, transform, crops):
             parts.append(part)
             done += len(part.images)
             if on_progress:
                 on_progress(done)
         if not parts:
-            return Features([], empty_trunk(self.backbone, tuple(sorted(set(blocks)))))
+            return Features([], empty_trunk(self.backbone, tuple(sorted(set(blocks))), crops))
         return Features.concat(parts)
 
     def cached(self, sha256: str, blocks: Sequence[int] = ()) -> Trunk | None:

@@ -3,10 +3,13 @@
 Every ``lda`` source stores the evidence of its training images (the CLS tokens of each training view,
 fp16, in its ``verifier.safetensors``: ``evidence.cls`` and ``evidence.ids``; the user's ``--negatives``
 as ``evidence.neg_cls`` / ``evidence.neg_ids``; the low-level evidence of the same views,
-:mod:`occ.lowlevel`, as ``evidence.low`` / ``evidence.neg_low``), so the joint model (:class:`occ.joint.JointModel`) can
-be refitted from the registry alone, without the original files or the feature cache. The non-target
-class is the shipped bank of real photos (with the same laundered views, through the feature cache)
-plus every source's stored negatives.
+:mod:`occ.lowlevel`, as ``evidence.low`` / ``evidence.neg_low``; the CLS tokens of their native-resolution
+crops, :func:`occ.evidence.native_crops`, as ``evidence.crops`` / ``evidence.neg_crops``), so the joint
+model (:class:`occ.joint.JointModel`) can be refitted from the registry alone, without the original files
+or the feature cache. The non-target class is the shipped bank of real photos (with the same laundered
+views, through the feature cache) plus every source's stored negatives. Sources enrolled before occ
+stored the crops' evidence still work: a registry with one of them is decided without the crops (the
+model says which sources to re-enroll to use them: :attr:`occ.joint.JointModel.without_crops_`).
 
 The fitted model lives beside the sources in ``<registry>/joint-<key>.safetensors``, one per backbone
 (tensors and, in the safetensors header, a JSON description; a file of the registry's layout, written by
@@ -29,14 +32,14 @@ import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
 from occ import joint
 from occ.backbones import load_backbone
 from occ.errors import OccError, RegistryError, UsageError, first_line
-from occ.evidence import DEFAULT_VIEWS, default_blocks, evidence, training_views
+from occ.evidence import CROP_COUNT, DEFAULT_VIEWS, crop_evidence, default_blocks, evidence, training_views
 from occ.joint import DEFAULT_DIMS, DEFAULT_DISCRIMINATIVE, DEFAULT_MIN_MARGIN, ClassRows, JointModel, Stream
 from occ.lowlevel import DIMS as LOW_DIMS
 from occ.negatives import bank_paths
@@ -54,13 +57,17 @@ JOINT_FORMAT = "occ-joint-v4"  # v2: held-out scores in the tensors, not the JSO
 # a bounded summary of each source's held-out non-target scores (occ.metrics.ScoreSummary), with bin counts
 EVIDENCE_KEYS = tuple(EVIDENCE_PREFIX + k for k in ("cls", "ids", "neg_cls", "neg_ids"))
 LOW_EVIDENCE_KEYS = tuple(EVIDENCE_PREFIX + k for k in ("low", "neg_low"))  # rows in the order of cls / neg_cls
+CROP_EVIDENCE_KEYS = tuple(EVIDENCE_PREFIX + k for k in ("crops", "neg_crops"))  # the same rows' crops
+# whether the joint model reads the native-resolution crops (occ.evidence); selected on the content-matched
+# validation generators (bench/evidence_study.py --protocol native)
+DEFAULT_CROPS = True
 # weight of the low-level stream in the joint model (occ.joint.Stream); chosen on the content-matched
 # validation split of bench/generalise.py (imagen-*) among none, 0.3 and 1
 DEFAULT_LOW_WEIGHT: float | None = 0.3
 LOW_COMPONENTS = 64
 BANK_SEED = 0
 BANK_KEY = "default bank"  # the key enrollment records in a source's "negatives" when it used the bank
-_BANK_ROWS: dict[tuple, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}  # view_rows of the bank
+_BANK_ROWS: dict[tuple, ViewRows] = {}  # view_rows of the bank
 
 Progress = Callable[[str, int, int], None]
 
@@ -87,6 +94,12 @@ class JointSettings:
     min_margin: float | None = DEFAULT_MIN_MARGIN  # the lowest threshold (occ.joint, point 6); None: no floor
     discriminative: float | None = DEFAULT_DISCRIMINATIVE  # occ.joint, point 3; None: discriminant margins
     low_weight: float | None = DEFAULT_LOW_WEIGHT  # the low-level stream's weight; None: CLIP evidence alone
+    crops: bool = DEFAULT_CROPS  # the native-resolution crops' evidence beside the main view's
+
+    @classmethod
+    def from_dict(cls, d: dict) -> JointSettings:
+        """Settings as :meth:`to_dict` wrote them (a model stored before the crops existed read none)."""
+        return cls(**{"crops": False, **d})
 
     def resolved(self, backbone: Backbone) -> JointSettings:
         blocks = default_blocks(backbone.num_layers) if self.blocks is None else tuple(self.blocks)
@@ -94,17 +107,24 @@ class JointSettings:
 
     def to_dict(self) -> dict:
         return {"dims": self.dims, "blocks": list(self.blocks), "bank_views": self.bank_views, "seed": self.seed,
-                "min_margin": self.min_margin, "discriminative": self.discriminative, "low_weight": self.low_weight}
+                "min_margin": self.min_margin, "discriminative": self.discriminative, "low_weight": self.low_weight,
+                "crops": self.crops}
 
     @property
     def stream(self) -> Stream | None:
         """The joint model's second stream: the low-level evidence, when it is weighed in."""
         return None if self.low_weight is None else Stream(LOW_DIMS, LOW_COMPONENTS, float(self.low_weight))
 
-    def rows(self, cls: np.ndarray, low: np.ndarray | None) -> np.ndarray:
-        """The joint model's evidence rows: the CLS evidence of :attr:`blocks`, then the low-level
-        evidence when it is weighed in (``low`` must then be given)."""
+    def rows(self, cls: np.ndarray, low: np.ndarray | None, crops: np.ndarray | None = None) -> np.ndarray:
+        """The joint model's evidence rows: the CLS evidence of :attr:`blocks` (with :attr:`crops`, joined
+        by the crops' evidence, :func:`occ.evidence.crop_evidence`, the two scaled to unit length
+        together; ``crops`` must then be given), then the low-level evidence when it is weighed in (``low``
+        must then be given)."""
         x = evidence(cls, self.blocks)
+        if self.crops:
+            if crops is None:
+                raise ValueError("the joint model reads native-resolution crops, and none were computed")
+            x = np.concatenate([x, crop_evidence(crops, self.blocks)], 1) / np.float32(np.sqrt(2.0))
         if self.low_weight is None:
             return x
         if low is None:
@@ -112,41 +132,57 @@ class JointSettings:
         return np.concatenate([x, np.asarray(low, dtype=np.float32)], 1)
 
 
+class ViewRows(NamedTuple):
+    """The evidence of every training view of some images (:func:`view_rows`), row by row."""
+
+    cls: np.ndarray  # (R, L+1, D) float16 CLS tokens of the main view
+    low: np.ndarray  # (R, occ.lowlevel.DIMS) float32
+    crops: np.ndarray | None  # (R, K, L+1, D) float16 CLS tokens of the native-resolution crops (None: not read)
+    ids: np.ndarray  # (R,) int64 index of the image each row is a view of
+
+
 def view_rows(extractor, paths: Sequence, views: int, seed: int, on_error=None,
-              on_progress=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """CLS tokens and low-level evidence of every training view of the images under ``paths`` (image
-    itself + ``views`` laundered copies), with the image index of each row. Images unreadable in any
-    view are dropped. ``on_progress(done, total)`` counts views made, over all images."""
+              on_progress=None, crops: bool = True) -> ViewRows:
+    """The evidence of every training view of the images under ``paths`` (image itself + ``views``
+    laundered copies), with the image index of each row; the crops' CLS tokens too with ``crops``.
+    Images unreadable in any view are dropped. ``on_progress(done, total)`` counts views made, over all
+    images."""
     per_view = []
     transforms = training_views(seed, views)
     total = len(paths) * len(transforms)
     for k, transform in enumerate(transforms):
         feats = extractor.load(paths, (), on_error if transform is None else None, transform,
-                               on_progress and (lambda done, k=k: on_progress(k * len(paths) + done, total)))
-        cls, low = feats.trunk.cls_array, feats.trunk.low
-        per_view.append({str(im.path): (cls[i], low[i]) for i, im in enumerate(feats.images)})
+                               on_progress and (lambda done, k=k: on_progress(k * len(paths) + done, total)),
+                               crops=crops)
+        t = feats.trunk
+        per_view.append({str(im.path): (t.cls_array[i], t.low[i], None if t.crops is None else t.crops[i])
+                         for i, im in enumerate(feats.images)})
     keep = [p for p in per_view[0] if all(p in v for v in per_view)]
     rows = [v[p] for v in per_view for p in keep]
-    ids = [i for _ in per_view for i in range(len(keep))]
+    ids = np.asarray([i for _ in per_view for i in range(len(keep))], np.int64)
+    bb = extractor.backbone
+    shape = (bb.num_layers + 1, bb.hidden_size)
     if not rows:
-        bb = extractor.backbone
-        return (np.zeros((0, bb.num_layers + 1, bb.hidden_size), np.float16), np.zeros((0, LOW_DIMS), np.float32),
-                np.zeros(0, np.int64))
-    return (np.stack([r[0] for r in rows]).astype(np.float16), np.stack([r[1] for r in rows]).astype(np.float32),
-            np.asarray(ids, np.int64))
+        return ViewRows(np.zeros((0, *shape), np.float16), np.zeros((0, LOW_DIMS), np.float32),
+                        np.zeros((0, CROP_COUNT, *shape), np.float16) if crops else None, ids)
+    return ViewRows(np.stack([r[0] for r in rows]).astype(np.float16),
+                    np.stack([r[1] for r in rows]).astype(np.float32),
+                    np.stack([r[2] for r in rows]).astype(np.float16) if crops else None, ids)
 
 
-def evidence_tensors(pos: tuple[np.ndarray, np.ndarray, np.ndarray],
-                     neg: tuple[np.ndarray, np.ndarray, np.ndarray] | None) -> dict[str, torch.Tensor]:
+def evidence_tensors(pos: ViewRows, neg: ViewRows | None) -> dict[str, torch.Tensor]:
     """What a source stores for refits (see the module docstring), from :func:`view_rows` of its
-    images and of its negatives."""
+    images and of its negatives (both read with their crops)."""
     import torch
 
     if neg is None:
-        neg = (np.zeros((0, *pos[0].shape[1:]), np.float16), np.zeros((0, LOW_DIMS), np.float32), np.zeros(0, np.int64))
-    arrays = {"cls": np.ascontiguousarray(pos[0], np.float16), "ids": np.ascontiguousarray(pos[2], np.int64),
-              "neg_cls": np.ascontiguousarray(neg[0], np.float16), "neg_ids": np.ascontiguousarray(neg[2], np.int64),
-              "low": np.ascontiguousarray(pos[1], np.float32), "neg_low": np.ascontiguousarray(neg[1], np.float32)}
+        neg = ViewRows(np.zeros((0, *pos.cls.shape[1:]), np.float16), np.zeros((0, LOW_DIMS), np.float32),
+                       np.zeros((0, *pos.crops.shape[1:]), np.float16), np.zeros(0, np.int64))
+    arrays = {"cls": np.ascontiguousarray(pos.cls, np.float16), "ids": np.ascontiguousarray(pos.ids, np.int64),
+              "neg_cls": np.ascontiguousarray(neg.cls, np.float16), "neg_ids": np.ascontiguousarray(neg.ids, np.int64),
+              "low": np.ascontiguousarray(pos.low, np.float32), "neg_low": np.ascontiguousarray(neg.low, np.float32),
+              "crops": np.ascontiguousarray(pos.crops, np.float16),
+              "neg_crops": np.ascontiguousarray(neg.crops, np.float16)}
     return {EVIDENCE_PREFIX + k: torch.from_numpy(a) for k, a in arrays.items()}
 
 
@@ -179,26 +215,39 @@ def _joint_sources(registry, backbone: Backbone, on_skip=None):
     return out
 
 
+def _without_crops(sources: dict) -> list[str]:
+    """The sources (of :func:`_joint_sources`) that store no native-resolution crops' evidence: enrolled
+    by an older occ."""
+    return sorted(n for n, (_, tensors, _) in sources.items() if not all(k in tensors for k in CROP_EVIDENCE_KEYS))
+
+
+def _settled(settings: JointSettings, sources: dict) -> JointSettings:
+    """``settings`` as they can be applied to ``sources``: without the crops when a source lacks them."""
+    return replace(settings, crops=False) if settings.crops and _without_crops(sources) else settings
+
+
 def _fit(sources: dict, backbone: Backbone, extractor, settings: JointSettings,
          progress: Progress | None) -> JointModel:
+    """The joint model of ``sources`` with ``settings`` (as :func:`_settled` leaves them)."""
     neg_x, neg_ids, offset = [], [], 0
     # the bank is in the non-target class unless every source was enrolled without it
     if any(BANK_KEY in (meta.get("negatives") or {}) for _, _, meta in sources.values()):
         if progress:
             progress("default negatives", 0, 1)
-        key = (backbone.fingerprint, settings.bank_views, tuple(map(str, bank_paths())))
+        key = (backbone.fingerprint, settings.bank_views, settings.crops, tuple(map(str, bank_paths())))
         if key not in _BANK_ROWS:  # the same for every refit in a process (a service refits often)
             _BANK_ROWS.clear()
-            _BANK_ROWS[key] = view_rows(extractor, bank_paths(), settings.bank_views, BANK_SEED)
-        bank_cls, bank_low, bank_ids = _BANK_ROWS[key]
-        neg_x, neg_ids, offset = [settings.rows(bank_cls, bank_low)], [bank_ids], int(bank_ids.max()) + 1
+            _BANK_ROWS[key] = view_rows(extractor, bank_paths(), settings.bank_views, BANK_SEED, crops=settings.crops)
+        bank = _BANK_ROWS[key]
+        neg_x, neg_ids, offset = [settings.rows(bank.cls, bank.low, bank.crops)], [bank.ids], int(bank.ids.max()) + 1
     classes = {}
     for name, (_, tensors, _meta) in sorted(sources.items()):
         cls, ids, n_cls, n_ids = (np.asarray(tensors[k]) for k in EVIDENCE_KEYS)
         low, n_low = (np.asarray(tensors[k]) for k in LOW_EVIDENCE_KEYS)
-        classes[name] = ClassRows(settings.rows(cls, low), ids)
+        crops, n_crops = (np.asarray(tensors[k]) if settings.crops else None for k in CROP_EVIDENCE_KEYS)
+        classes[name] = ClassRows(settings.rows(cls, low, crops), ids)
         if len(n_ids):
-            neg_x.append(settings.rows(n_cls, n_low))
+            neg_x.append(settings.rows(n_cls, n_low, n_crops))
             neg_ids.append(n_ids + offset)
             offset += int(n_ids.max()) + 1
     if progress:
@@ -223,7 +272,7 @@ def _fit(sources: dict, backbone: Backbone, extractor, settings: JointSettings,
 
 def _manifest(sources: dict, backbone: Backbone, settings: JointSettings) -> dict:
     return {"format": JOINT_FORMAT, "backbone": backbone.fingerprint, "settings": settings.to_dict(),
-            "sources": {n: v for n, (v, _, _) in sorted(sources.items())}}
+            "sources": {n: v for n, (v, _, _) in sorted(sources.items())}, "without_crops": _without_crops(sources)}
 
 
 def _tagged(model: JointModel, manifest: dict, settings: JointSettings) -> JointModel:
@@ -231,6 +280,7 @@ def _tagged(model: JointModel, manifest: dict, settings: JointSettings) -> Joint
     manifest: the same sources' versions and settings give the same model, stored or fitted in memory)."""
     model.settings_, model.manifest_ = settings, manifest
     model.version_ = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:12]
+    model.without_crops_ = list(manifest["without_crops"])  # sources to re-enroll for the crops' evidence
     return model
 
 
@@ -248,6 +298,7 @@ def refit(registry, backbone: Backbone, *, extractor=None, settings: JointSettin
     if not sources:
         registry.write_joint(registry.joint_path(backbone.fingerprint).name, None, versions=before)
         return None
+    settings = _settled(settings, sources)
     model = _fit(sources, backbone, extractor or FeatureExtractor(backbone), settings, progress)
     manifest = _manifest(sources, backbone, settings)
     _write(registry, _tagged(model, manifest, settings), manifest, before)
@@ -291,7 +342,10 @@ def _stored(registry, fingerprint: str) -> tuple[JointModel, dict] | None:
             tensors = {k: f.get_tensor(k) for k in f.keys()}
         model = JointModel.from_saved(tensors, meta)
         manifest = meta["manifest"]
-        return _tagged(model, manifest, JointSettings(**manifest["settings"])), manifest
+        if "crops" not in manifest["settings"]:  # stored by an occ without the crops: so were its sources
+            manifest["settings"]["crops"] = False
+            manifest["without_crops"] = sorted(manifest["sources"])
+        return _tagged(model, manifest, JointSettings.from_dict(manifest["settings"])), manifest
     except Exception:  # damaged or from another version: it is derived data, refitted on demand
         return None
 
@@ -314,7 +368,8 @@ def joint_for(registry, backbone: Backbone, *, extractor=None, settings: JointSe
     if not sources:
         return None, False
     stored = _stored(registry, backbone.fingerprint)
-    settings = (settings or (JointSettings(**stored[1]["settings"]) if stored else JointSettings())).resolved(backbone)
+    settings = (settings or (JointSettings.from_dict(stored[1]["settings"]) if stored else JointSettings()))
+    settings = _settled(settings.resolved(backbone), sources)
     manifest = _manifest(sources, backbone, settings)
     if stored and stored[1] == manifest:
         return _tagged(stored[0], manifest, settings), False

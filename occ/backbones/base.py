@@ -158,6 +158,8 @@ class Trunk:
     the attention of ``block``. ``low``: (N, :data:`occ.lowlevel.DIMS`) float32 low-level evidence
     (:mod:`occ.lowlevel`), computed from the same decoded pixels beside the trunk pass (by
     :class:`occ.features.FeatureExtractor`), or None where it was not computed (a bare trunk pass).
+    ``crops``: (N, K, L+1, D) CLS tokens of every hidden state for each image's K native-resolution crops
+    (:func:`occ.evidence.native_crops`, float16 or float32), or None where they were not asked for.
 
     The arrays are kept as they were given: numpy arrays (the feature cache reads them so, without
     torch) or torch tensors (a trunk pass). ``cls``, ``embeds`` and ``kv`` are torch tensors (a numpy
@@ -166,9 +168,11 @@ class Trunk:
     """
 
     def __init__(self, cls: np.ndarray | torch.Tensor, embeds: np.ndarray | torch.Tensor,
-                 kv: dict[int, np.ndarray | torch.Tensor] | None = None, low: np.ndarray | None = None):
+                 kv: dict[int, np.ndarray | torch.Tensor] | None = None, low: np.ndarray | None = None,
+                 crops: np.ndarray | None = None):
         self._cls, self._embeds, self._kv = cls, embeds, dict(kv or {})
         self.low = None if low is None else np.asarray(low, dtype=np.float32)
+        self.crops = None if crops is None else np.asarray(crops)
 
     @property
     def cls(self) -> torch.Tensor:
@@ -208,7 +212,8 @@ class Trunk:
     def select(self, index) -> Trunk:
         return Trunk(_take(self._cls, index), _take(self._embeds, index),
                      {k: _take(v, index) for k, v in self._kv.items()},
-                     None if self.low is None else _take(self.low, index))
+                     None if self.low is None else _take(self.low, index),
+                     None if self.crops is None else _take(self.crops, index))
 
     @staticmethod
     def concat(parts: Sequence[Trunk]) -> Trunk:
@@ -220,6 +225,7 @@ class Trunk:
             _cat([p._embeds for p in parts]),
             {k: _cat([p._kv[k] for p in parts]) for k in sorted(keys)},
             None if any(p.low is None for p in parts) else np.concatenate([p.low for p in parts]),
+            None if any(p.crops is None for p in parts) else np.concatenate([p.crops for p in parts]),
         )
 
 
@@ -315,14 +321,18 @@ class Backbone:
         }
 
 
-def empty_trunk(backbone: Backbone, blocks: Sequence[int]) -> Trunk:
-    """A trunk output of no images, with the shapes ``backbone`` gives (keys/values for ``blocks``)."""
+def empty_trunk(backbone: Backbone, blocks: Sequence[int], crops: bool = False) -> Trunk:
+    """A trunk output of no images, with the shapes ``backbone`` gives (keys/values for ``blocks``, the
+    native-resolution crops' CLS tokens with ``crops``)."""
+    from occ.evidence import CROP_COUNT
+
     d = backbone.hidden_size
     return Trunk(
         np.zeros((0, backbone.num_layers + 1, d), np.float32),
         np.zeros((0, backbone.projection_dim), np.float32),
         {b: np.zeros((0, 2, backbone.num_patches, d), np.float16) for b in blocks},
         np.zeros((0, LOW_DIMS), np.float32),
+        np.zeros((0, CROP_COUNT, backbone.num_layers + 1, d), np.float16) if crops else None,
     )
 
 

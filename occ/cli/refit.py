@@ -25,6 +25,9 @@ def report_fit(model, seconds: float) -> None:
     """One line on stderr for a joint model the library fitted (read back from the fitted model)."""
     err.print(f"joint model refitted over {len(model.names_)} source(s) ({', '.join(model.names_)}) and "
               f"{model.n_rows_['non-target']} non-target rows in {seconds:.1f} s", markup=False)
+    if model.without_crops_:
+        err.print(f"the joint model reads no native-resolution crops: {', '.join(model.without_crops_)} "
+                  "were enrolled by an older occ; re-enroll them to use the crops", markup=False)
 
 
 def refit_options(on_progress, backbone=None):

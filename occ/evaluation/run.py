@@ -158,7 +158,8 @@ def evaluate(
         if progress:
             progress(name, 0, total)
         for label, found in files.items():
-            for batch in attributor.extractor.stream(found, attributor.blocks, bad, transform=perturbation):
+            for batch in attributor.extractor.stream(found, attributor.blocks, bad, transform=perturbation,
+                                                      crops=attributor.crops):
                 for d in attributor.decide(batch.trunk, [im.path for im in batch.images]):
                     labels.append(label)
                     paths.append(d.path)
