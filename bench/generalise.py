@@ -25,10 +25,13 @@ image are left out of every draw, since they are not unlike the bank (``bank_cop
 results: 7 of real-skimage's 14 with the JPEG bank, none since the lossless rebuild refuses them). Roles rotate as for
 the GAN-era folds: the joint model's log-odds (``occ.joint`` point 3: the discriminant, or the logistic regression at
 C = 1 or 0.1) and the weight of the low-level stream (:mod:`occ.lowlevel`: none, 0.3 or 1) are
-selected on one group ("many" draws) and reported on the other, beside their ablations (each choice
-undone), the baselines below and the previous default (discriminant margins on CLIP evidence alone),
-all measured on the same draws. Every split is reported on its own, and the worst split beside the
-mean. What the low-level evidence costs per image is timed on its own.
+selected on one group ("many" draws) and reported on the other, with the native-resolution crops
+(:func:`occ.evidence.native_crops`) on as shipped (chosen on the imagen draws by
+``bench/evidence_study.py --protocol native``), beside their ablations (each choice undone: without the
+crops is occ before them), the baselines below and discriminant margins on the main view's CLIP evidence
+alone, all measured on the same draws. Every split is reported on its own, and the worst split beside the
+mean. What each part of the evidence (the low-level stream, the main view, the crops) costs per image
+is timed on its own.
 
 **Native resolution** (``--protocol native``, report only, occ's shipped defaults): the ``t2icmp``
 draws on the files as their generators saved them (1024 px JPEG q75 for all four, so size and format
@@ -77,7 +80,7 @@ from pathlib import Path
 import numpy as np
 
 from occ.joint import DEFAULT_DISCRIMINATIVE
-from occ.openset import DEFAULT_LOW_WEIGHT
+from occ.openset import DEFAULT_CROPS, DEFAULT_LOW_WEIGHT
 
 ROOT = Path(__file__).resolve().parents[1]
 DEVSET = ROOT.parent / "shared" / "data" / "devset"
@@ -253,7 +256,7 @@ def decisions(registry, backbone, extractor, paths, transform=None):
 
     att = Attributor.from_registry(registry, backbone, extractor=extractor)
     out = []
-    for batch in extractor.stream(paths, att.blocks, transform=transform):
+    for batch in extractor.stream(paths, att.blocks, transform=transform, crops=att.crops):
         out += att.decide(batch.trunk, [im.path for im in batch.images])
     return out
 
@@ -375,7 +378,10 @@ def baselines(d, extractor, seed):
 
 
 def run_candidates(d, backbone, extractor, seed, views_list, dims_list, tprs, floors, with_prompt=False,
-                   order_check=False, launder=False, candidates=((DEFAULT_DISCRIMINATIVE, DEFAULT_LOW_WEIGHT),)):
+                   order_check=False, launder=False,
+                   candidates=((DEFAULT_DISCRIMINATIVE, DEFAULT_LOW_WEIGHT, DEFAULT_CROPS),)):
+    """Rows of figures of draw ``d`` through the product path, one per setting; ``candidates`` are
+    (log-odds, low-level weight, crops) triples of :class:`occ.openset.JointSettings`."""
     from occ.config import VerifierConfig
     from occ.openset import JointSettings, refit
     from occ.perturb import parse_perturb_spec
@@ -391,13 +397,15 @@ def run_candidates(d, backbone, extractor, seed, views_list, dims_list, tprs, fl
             for tpr in tprs:
                 for name in d["known"]:
                     set_threshold(registry, name, target_tpr=tpr)
-                for dims, floor, (disc, low) in ((a, b, c) for a in dims_list for b in floors for c in candidates):
+                for dims, floor, (disc, low, crops) in ((a, b, c) for a in dims_list for b in floors
+                                                        for c in candidates):
                     settings = JointSettings(dims=dims, seed=seed, min_margin=floor, bank_views=views,
-                                             discriminative=disc, low_weight=low)
+                                             discriminative=disc, low_weight=low, crops=crops)
                     refit(registry, backbone, extractor=extractor, settings=settings)
                     dec = {x.path: x for x in decisions(registry, backbone, extractor, paths)}
                     row = {"method": "lda", "views": views, "dims": dims, "target_tpr": tpr, "min_margin": floor,
-                           "discriminative": disc, "low_weight": low, **metrics(d, dec), "enroll_seconds": t_enroll}
+                           "discriminative": disc, "low_weight": low, "crops": crops, **metrics(d, dec),
+                           "enroll_seconds": t_enroll}
                     if launder:
                         row["own_accept_clean"] = own_accept(d, dec)
                         kp = [p for s in d["known"] for p in d["tests"][s]]
@@ -473,9 +481,10 @@ def _fixed():
 
 def rotation(val_draws, rep_draws, backbone, extractor, with_prompt):
     """Select the joint model's log-odds (:data:`DISCRIMINATIVE`) and low-level weight
-    (:data:`LOW_WEIGHTS`) on ``val_draws``; report the choice on ``rep_draws`` (:func:`report_on`)."""
+    (:data:`LOW_WEIGHTS`) on ``val_draws``, with the native-resolution crops as shipped (chosen on the
+    imagen draws by ``bench/evidence_study.py``); report the choice on ``rep_draws`` (:func:`report_on`)."""
     fixed = _fixed()
-    grid_keys = [(c, w) for c in DISCRIMINATIVE for w in LOW_WEIGHTS]
+    grid_keys = [(c, w, DEFAULT_CROPS) for c in DISCRIMINATIVE for w in LOW_WEIGHTS]
     t0 = time.perf_counter()
     val_rows = []
     for seed, d in val_draws:
@@ -486,22 +495,25 @@ def rotation(val_draws, rep_draws, backbone, extractor, with_prompt):
             for r in rows), flush=True)
     grid = {}
     for r in val_rows:
-        grid.setdefault((r["discriminative"], r["low_weight"]), []).append(r)
+        grid.setdefault((r["discriminative"], r["low_weight"], r["crops"]), []).append(r)
     means = {k: summarise(v) for k, v in grid.items()}
     chosen = max(means, key=lambda k: criterion({m: v["mean"] for m, v in means[k].items()}))
     return {"validation_splits": sorted({d["split"] for _, d in val_draws}),
-            "validation_grid": [{**v, "discriminative": k[0], "low_weight": k[1]} for k, v in means.items()],
+            "validation_grid": [{**v, "discriminative": k[0], "low_weight": k[1], "crops": k[2]}
+                                for k, v in means.items()],
             **report_on(rep_draws, chosen, backbone, extractor, with_prompt), "seconds": time.perf_counter() - t0}
 
 
 def report_on(rep_draws, chosen, backbone, extractor, with_prompt):
-    """``chosen`` (log-odds, low-level weight) on ``rep_draws``, per split, beside its ablations (each of
-    the two choices undone), the previous default (discriminant margins on CLIP evidence alone) and the
-    baselines, all on the same draws."""
+    """``chosen`` (log-odds, low-level weight, crops) on ``rep_draws``, per split, beside its ablations
+    (each choice undone: without the crops is the default before them), discriminant margins on the main
+    view's CLIP evidence alone (the default before the regression and the stream) and the baselines, all
+    on the same draws."""
     fixed = _fixed()
-    methods = {"occ (chosen)": chosen, "without the low-level stream": (chosen[0], None),
-               "without the regression (discriminant margins)": (None, chosen[1]),
-               "previous default (discriminant margins, CLIP only)": (None, None)}
+    methods = {"occ (chosen)": chosen, "without the native-resolution crops": (chosen[0], chosen[1], False),
+               "without the low-level stream": (chosen[0], None, chosen[2]),
+               "without the regression (discriminant margins)": (None, chosen[1], chosen[2]),
+               "discriminant margins, main view's CLIP evidence only": (None, None, False)}
     seen, ablations = {chosen}, {}
     for m, key in list(methods.items())[1:]:
         if key not in seen:
@@ -532,7 +544,8 @@ def report_on(rep_draws, chosen, backbone, extractor, with_prompt):
                 by_method.setdefault(r["method"], []).append(r)
         per_split[sp] = {"occ": {m: summarise(v) for m, v in by_method.items()},
                          "baselines": summarise([b for b in base_rows if b["split"] == sp])}
-    return {"report_splits": splits, "chosen": {"discriminative": chosen[0], "low_weight": chosen[1]},
+    return {"report_splits": splits,
+            "chosen": {"discriminative": chosen[0], "low_weight": chosen[1], "crops": chosen[2]},
             "report_rows": rep_rows, "baselines": base_rows, "per_split": per_split,
             "worst_split": worst({sp: v["occ"]["occ (chosen)"] for sp, v in per_split.items()})}
 
@@ -556,21 +569,31 @@ def shipped_default(report: dict) -> dict:
                        for k in ranked]}
 
 
-def lowlevel_cost(data, n=40) -> dict:
-    """Seconds per image of the low-level evidence (decoded image in memory), at 256 px and at the
-    devset's native 1024 px, beside nothing else (the trunk's cost is in bench/perf.py)."""
+def evidence_cost(data, backbone, n=32) -> dict:
+    """Seconds per image (decoded image in memory, this process's threads, batches of 16) of each part of
+    the evidence, at 256 px and at the devset's native 1024 px: the low-level evidence, the main view
+    through the trunk, and the native-resolution crops through it (cropping included)."""
     from PIL import Image
 
+    from occ.evidence import native_crops
     from occ.lowlevel import lowlevel_features
 
+    side = backbone.preprocess.size
+    parts = {"low-level": lambda ims: [lowlevel_features(im) for im in ims],
+             "main view (trunk)": lambda ims: backbone.trunk(backbone.preprocess(ims)),
+             "crops (trunk)": lambda ims: backbone.trunk(backbone.preprocess(
+                 [c for im in ims for c in native_crops(im, side)]))}
     out = {}
     for label, paths in (("normalised 256 px", [p for p, _ in data["t2icmp-sdxl"][:n]]),
                          ("native 1024 px", sorted((DEVSET / "generated" / "t2icmp-sdxl").iterdir())[:n])):
         images = [Image.open(p).convert("RGB") for p in paths]
-        t0 = time.perf_counter()
-        for im in images:
-            lowlevel_features(im)
-        out[label] = (time.perf_counter() - t0) / len(images)
+        parts["main view (trunk)"](images[:2])  # warm-up
+        out[label] = {}
+        for part, run in parts.items():
+            t0 = time.perf_counter()
+            for i in range(0, len(images), 16):
+                run(images[i:i + 16])
+            out[label][part] = (time.perf_counter() - t0) / len(images)
     return out
 
 
@@ -647,9 +670,9 @@ def main():
     backbone = load_backbone(None)
     extractor = FeatureExtractor(backbone)
     report = {"protocol": __doc__, "args": vars(args) | {"out": str(args.out)}, "rotations": [],
-              "lowlevel_seconds_per_image": lowlevel_cost(data),
+              "evidence_seconds_per_image": evidence_cost(data, backbone),
               "photos_left_out_as_bank_copies": sorted(EXCLUDED)}
-    print("low-level evidence, seconds per image:", report["lowlevel_seconds_per_image"], flush=True)
+    print("evidence, seconds per image:", report["evidence_seconds_per_image"], flush=True)
     seeds = range(args.seeds)
 
     def save():
@@ -669,8 +692,8 @@ def main():
         rep_draws = [(s, content_draw(native, "t2icmp", s, args.shots) | {"split": "t2icmp native"}) for s in seeds]
         report["rotations"].append({"kind": "native", "validation": None, "report": "t2icmp native",
                                     "validation_splits": ["none: occ's defaults"],
-                                    **report_on(rep_draws, (DEFAULT_DISCRIMINATIVE, DEFAULT_LOW_WEIGHT), backbone,
-                                                extractor, not args.no_prompt)})
+                                    **report_on(rep_draws, (DEFAULT_DISCRIMINATIVE, DEFAULT_LOW_WEIGHT, DEFAULT_CROPS),
+                                                backbone, extractor, not args.no_prompt)})
         save()
     if "gan" in args.protocol:
         for val, rep in (("A", "B"), ("B", "A")):

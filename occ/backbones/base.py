@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from occ.errors import UsageError
+from occ.evidence import CROP_COUNT
 from occ.lowlevel import DIMS as LOW_DIMS
 
 if TYPE_CHECKING:
@@ -324,8 +325,6 @@ class Backbone:
 def empty_trunk(backbone: Backbone, blocks: Sequence[int], crops: bool = False) -> Trunk:
     """A trunk output of no images, with the shapes ``backbone`` gives (keys/values for ``blocks``, the
     native-resolution crops' CLS tokens with ``crops``)."""
-    from occ.evidence import CROP_COUNT
-
     d = backbone.hidden_size
     return Trunk(
         np.zeros((0, backbone.num_layers + 1, d), np.float32),
