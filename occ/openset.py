@@ -96,11 +96,6 @@ class JointSettings:
     low_weight: float | None = DEFAULT_LOW_WEIGHT  # the low-level stream's weight; None: CLIP evidence alone
     crops: bool = DEFAULT_CROPS  # the native-resolution crops' evidence beside the main view's
 
-    @classmethod
-    def from_dict(cls, d: dict) -> JointSettings:
-        """Settings as :meth:`to_dict` wrote them (a model stored before the crops existed read none)."""
-        return cls(**{"crops": False, **d})
-
     def resolved(self, backbone: Backbone) -> JointSettings:
         blocks = default_blocks(backbone.num_layers) if self.blocks is None else tuple(self.blocks)
         return replace(self, blocks=blocks)
@@ -345,7 +340,7 @@ def _stored(registry, fingerprint: str) -> tuple[JointModel, dict] | None:
         if "crops" not in manifest["settings"]:  # stored by an occ without the crops: so were its sources
             manifest["settings"]["crops"] = False
             manifest["without_crops"] = sorted(manifest["sources"])
-        return _tagged(model, manifest, JointSettings.from_dict(manifest["settings"])), manifest
+        return _tagged(model, manifest, JointSettings(**manifest["settings"])), manifest
     except Exception:  # damaged or from another version: it is derived data, refitted on demand
         return None
 
@@ -368,7 +363,7 @@ def joint_for(registry, backbone: Backbone, *, extractor=None, settings: JointSe
     if not sources:
         return None, False
     stored = _stored(registry, backbone.fingerprint)
-    settings = (settings or (JointSettings.from_dict(stored[1]["settings"]) if stored else JointSettings()))
+    settings = (settings or (JointSettings(**stored[1]["settings"]) if stored else JointSettings()))
     settings = _settled(settings.resolved(backbone), sources)
     manifest = _manifest(sources, backbone, settings)
     if stored and stored[1] == manifest:
