@@ -21,6 +21,7 @@ from occ.features import CROPS_KEY, FeatureExtractor
 from occ.openset import CROP_EVIDENCE_KEYS, JointSettings, joint_for, refit
 from occ.registry import Registry
 from occ.testing import traced_peak
+from occ.testing.imagegen import family_folders
 from occ.testing.tiny_clip import gradient_image, noise_image
 from occ.training import TrainSettings
 from occ.verifier import Verifier
@@ -135,18 +136,7 @@ FAMILIES = {"noise": noise_image, "grad": gradient_image}
 
 @pytest.fixture(scope="module")
 def families(tmp_path_factory):
-    root = tmp_path_factory.mktemp("crop-families")
-    out = {}
-    for name, make in FAMILIES.items():
-        train, test = root / name / "train", root / name / "test"
-        train.mkdir(parents=True)
-        test.mkdir(parents=True)
-        for s in range(6):
-            make(s, (80, 64)).save(train / f"{s}.png")
-        for s in range(100, 103):
-            make(s, (80, 64)).save(test / f"{s}.png")
-        out[name] = (train, test)
-    return out
+    return family_folders(tmp_path_factory.mktemp("crop-families"), FAMILIES, 6, 3, size=(80, 64))
 
 
 def _enroll(reg, name, folder, backbone):

@@ -22,6 +22,7 @@ from occ.enrollment import enroll
 from occ.openset import joint_for, refit
 from occ.registry import Registry
 from occ.sources import set_threshold
+from occ.testing.imagegen import family_folders
 from occ.testing.tiny_clip import gradient_image, noise_image
 from occ.training import TrainSettings
 from occ.verifier import Verifier
@@ -41,18 +42,7 @@ FAMILIES = {"noise": noise_image, "grad": gradient_image, "stripes": _stripes}
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):
-    root = tmp_path_factory.mktemp("families")
-    out = {}
-    for name, make in FAMILIES.items():
-        train, test = root / name / "train", root / name / "test"
-        train.mkdir(parents=True)
-        test.mkdir(parents=True)
-        for s in range(8):
-            make(s).save(train / f"{s}.png")
-        for s in range(100, 104):
-            make(s).save(test / f"{s}.png")
-        out[name] = (train, test)
-    return out
+    return family_folders(tmp_path_factory.mktemp("families"), FAMILIES, 8, 4)
 
 
 def _enroll_all(root: Path, order, images, backbone, views=1):

@@ -9,6 +9,8 @@ from __future__ import annotations
 import io
 import struct
 import zlib
+from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -29,6 +31,21 @@ def pattern_array(width: int, height: int, seed: int = 0) -> np.ndarray:
 
 def pattern_image(width: int = 64, height: int = 48, seed: int = 0) -> Image.Image:
     return Image.fromarray(pattern_array(width, height, seed))
+
+
+def family_folders(root: Path, makers: dict[str, Callable[..., Image.Image]], train: int, test: int,
+                   **params) -> dict[str, tuple[Path, Path]]:
+    """``root/NAME/train`` and ``root/NAME/test`` for each image family: ``train`` PNGs made with seeds
+    0.., ``test`` with seeds 100.. (``makers[NAME](seed, **params)``). Returns NAME -> (train, test)."""
+    out = {}
+    for name, make in makers.items():
+        folders = root / name / "train", root / name / "test"
+        for folder, seeds in zip(folders, (range(train), range(100, 100 + test))):
+            folder.mkdir(parents=True)
+            for s in seeds:
+                make(s, **params).save(folder / f"{s}.png")
+        out[name] = folders
+    return out
 
 
 def encode(image: Image.Image, fmt: str, **params) -> bytes:
