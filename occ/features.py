@@ -217,7 +217,8 @@ class FeatureExtractor:
                 for j, i in enumerate(need):
                     rows[i].crops = cls[j * CROP_COUNT:(j + 1) * CROP_COUNT][None]
             for i, image in decoded.items():
-                rows[i].low = lowlevel_features(image)[None]
+                if rows[i].low is None:  # (a cached entry that lacked only the crops keeps its own)
+                    rows[i].low = lowlevel_features(image)[None]
                 if self.cache:
                     self.cache.put(keys[i], rows[i])
         kept = [i for i, r in enumerate(rows) if r is not None]
