@@ -10,7 +10,13 @@ through threadpoolctl and, for libraries not loaded yet and child processes, the
 variables); :func:`onnx_session_options` gives onnxruntime sessions the same count with spinning off.
 
 The count is ``--threads N``, else ``OCC_NUM_THREADS``, else :func:`default_threads`: the cores this
-process may run on, less those other processes keep busy (the 1-minute load average), at least 1.
+process may run on, less those other processes keep busy, at least 1. Where the kernel tells (Linux's
+``/proc``), "busy" is measured, not remembered: the CPU time those cores spent outside this process since
+``occ.threads`` was imported (:func:`busy_elsewhere`; the imports before the count is needed take a
+second or more, so the window costs nothing). The 1-minute load average, used where ``/proc`` is not
+there, remembers the last minute: it counted a job that had just ended (on a 2-core machine, a 10-shot
+``occ enroll`` run right after another took 1 thread and 16.7 s; with the count measured, 2 threads and
+12.9-13.6 s) and missed one that had just started (two jobs started together each took every core).
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ from __future__ import annotations
 import math
 import os
 import sys
+import time
+from typing import NamedTuple
 
 from occ.errors import UsageError
 
@@ -37,10 +45,75 @@ def usable_cpus() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+class CpuSample(NamedTuple):
+    """CPU time counters at one moment (clock ticks): per core, the time it was busy; this process's own."""
+
+    at: float  # time.monotonic()
+    pid: int  # the process whose own time ``own`` is (a forked child starts counting its own from 0)
+    busy: dict[int, int]  # core -> ticks not idle (user, nice, system, irq, softirq, steal)
+    own: int  # this process's user + system ticks, every thread
+
+
+def cpu_sample() -> CpuSample | None:
+    """The counters now, from ``/proc/stat`` and ``/proc/self/stat``; None where they cannot be read."""
+    try:
+        busy = {}
+        for line in open("/proc/stat").read().splitlines():
+            if line.startswith("cpu") and line[3:4].isdigit():
+                name, *fields = line.split()
+                ticks = [int(f) for f in fields[:8]]  # user nice system idle iowait irq softirq steal
+                busy[int(name[3:])] = sum(ticks) - ticks[3] - ticks[4]
+        stat = open("/proc/self/stat").read()
+        fields = stat[stat.rindex(")") + 2:].split()  # after the command name, which may hold spaces
+        own = int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of proc(5))
+    except (OSError, ValueError, IndexError):
+        return None
+    return CpuSample(time.monotonic(), os.getpid(), busy, own) if busy else None
+
+
+_IMPORTED = cpu_sample()
+MIN_WINDOW, MAX_WINDOW = 0.25, 10.0  # seconds (a window longer than MAX_WINDOW no longer says what is busy now)
+
+
+def busy_between(start: CpuSample, end: CpuSample, cpus, ticks_per_second: float) -> float:
+    """Cores among ``cpus`` kept busy by other processes between two samples: their busy time less
+    this process's own, over the time between them."""
+    elapsed = (end.at - start.at) * ticks_per_second
+    if elapsed <= 0:
+        return 0.0
+    busy = sum(end.busy[c] - start.busy[c] for c in cpus if c in start.busy and c in end.busy)
+    return max(0.0, (busy - (end.own - start.own)) / elapsed)
+
+
+def busy_elsewhere(start: CpuSample | None = None) -> float | None:
+    """Cores this process may run on that other processes kept busy since ``start`` (default: since
+    ``occ.threads`` was imported in this process, or from now where that is more than :data:`MAX_WINDOW`
+    seconds ago),
+    over at least :data:`MIN_WINDOW` seconds (waiting out the rest); None where ``/proc`` cannot be read."""
+    if start is None:
+        start = _IMPORTED
+        if start is None or start.pid != os.getpid() or time.monotonic() - start.at > MAX_WINDOW:
+            start = cpu_sample()
+    if start is None:
+        return None
+    time.sleep(max(0.0, MIN_WINDOW - (time.monotonic() - start.at)))
+    end = cpu_sample()
+    if end is None:
+        return None
+    try:
+        cpus = os.sched_getaffinity(0)
+    except (AttributeError, OSError):
+        cpus = end.busy.keys()
+    return busy_between(start, end, cpus, os.sysconf("SC_CLK_TCK"))
+
+
 def default_threads(cpus: int | None = None, load: float | None = None) -> int:
-    """Cores not kept busy by other processes: ``cpus`` (default :func:`usable_cpus`) minus the
-    1-minute load average (default: the system's), rounded, at least 1."""
+    """Cores not kept busy by other processes: ``cpus`` (default :func:`usable_cpus`) minus ``load``, the
+    cores others keep busy (default: :func:`busy_elsewhere`, else the 1-minute load average), rounded, at
+    least 1."""
     cpus = usable_cpus() if cpus is None else cpus
+    if load is None:
+        load = busy_elsewhere()
     if load is None:
         try:
             load = os.getloadavg()[0]

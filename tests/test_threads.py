@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -24,6 +27,34 @@ def test_default_leaves_cores_that_others_keep_busy() -> None:
     assert threads.default_threads(cpus=4, load=1.6) == 2
     assert threads.default_threads(cpus=2, load=7.0) == 1  # never below one
     assert 1 <= threads.default_threads() <= threads.usable_cpus()
+
+
+def test_busy_cores_are_others_time_less_this_process_own() -> None:
+    start = threads.CpuSample(10.0, 1, {0: 1000, 1: 2000, 2: 0}, own=50)
+    end = threads.CpuSample(11.0, 1, {0: 1090, 1: 2060, 2: 100}, own=110)  # 1 s at 100 ticks/s
+    # cores 0 and 1 were busy 150 ticks, 60 of them this process's: 0.9 of a core kept busy by others;
+    # core 2 is not one this process may run on
+    assert threads.busy_between(start, end, {0, 1}, 100) == pytest.approx(0.9)
+    assert threads.busy_between(start, end, {0, 1, 2}, 100) == pytest.approx(1.9)
+    assert threads.busy_between(start, end._replace(own=300), {0, 1}, 100) == 0.0  # never below 0
+    assert threads.default_threads(cpus=2, load=threads.busy_between(start, end, {0, 1}, 100)) == 1
+
+
+@pytest.mark.skipif(threads.cpu_sample() is None, reason="no /proc/stat")
+def test_a_busy_process_beside_this_one_is_measured_at_once() -> None:
+    """What the 1-minute load average shows only after a minute: a process that just started to keep a
+    core busy takes that core out of the default count."""
+    child = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)  # the interpreter has started and spins
+        start = threads.cpu_sample()
+        time.sleep(0.5)
+        busy = threads.busy_elsewhere(start)
+    finally:
+        child.kill()
+        child.wait()
+    assert busy is not None and busy >= 0.6, busy  # one core busy (and whatever else this machine runs)
+    assert threads.default_threads(cpus=threads.usable_cpus(), load=busy) <= max(1, threads.usable_cpus() - 1)
 
 
 def test_resolve_option_then_environment_then_default(monkeypatch) -> None:
