@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import resource
@@ -652,6 +653,14 @@ def part_threads(report: dict, work: Path) -> None:
     out = {"cpus": os.cpu_count(), "load_before": _load()}
     start = time.perf_counter()
     out["alone_default"] = finish(enroll("e1"), start)
+    # right after another enroll ended: the default (cores others keep busy, measured) beside the count
+    # the 1-minute load average gave (occ's default before 2026-12-07), in turn, each right after the last
+    for k in range(2):
+        start = time.perf_counter()
+        out[f"right_after_another_default_{k}"] = finish(enroll("e1"), start)
+        by_load = max(1, min(os.cpu_count(), os.cpu_count() - math.floor(os.getloadavg()[0] + 0.5)))
+        start = time.perf_counter()
+        out[f"right_after_another_load_average_{k}"] = finish(enroll("e1", "--threads", str(by_load)), start)
     hog = competitor()
     try:
         time.sleep(2)

