@@ -23,10 +23,12 @@ bottom right), clamped inside the image. An image whose shorter side is under th
 windows of that side, resized up to it; only the windows are ever resized, so a 20,000-pixel-wide image
 costs what a small one does (:func:`native_crops`). Their CLS tokens go through the trunk beside the
 main view's and are cached with it; their evidence (:func:`crop_evidence`: each crop's evidence vector,
-averaged over the crops, scaled to unit length) is joined to the main view's in the joint model
-(:class:`occ.openset.JointSettings`). Selected on the content-matched validation generators
-(``bench/evidence_study.py --protocol native``: two crops passed the rule fixed before the run, within
-0.005 of four); it costs two more trunk passes an image.
+of blocks 2-8, nearer the pixels than the main view's 4-10, averaged over the crops, scaled to unit length)
+is joined to the main view's in the joint model (:class:`occ.openset.JointSettings`). Selected on the
+content-matched validation generators (``bench/evidence_study.py --protocol native``: two crops passed
+the rule fixed before the run, within 0.005 of four); it costs two more trunk passes an image. Their band
+was chosen on the same validation draws by ``bench/crop_bands.py`` (blocks 2-8 raised the criterion by
+0.019 over 4-10; 1-6, 1-10 and 6-12 did not pass).
 """
 
 from __future__ import annotations
@@ -44,6 +46,9 @@ if TYPE_CHECKING:
     from PIL import Image
 
 DEFAULT_BLOCKS = (4, 5, 6, 7, 8, 9, 10)  # of a 12-block tower; other depths: the same band, scaled
+# the blocks the native-resolution crops' evidence reads (bench/crop_bands.py: chosen among 1-6, 2-8, 4-10,
+# 1-10 and 6-12 on the imagen draws)
+DEFAULT_CROP_BLOCKS = (2, 3, 4, 5, 6, 7, 8)
 DEFAULT_VIEWS = 2  # laundered copies per training image, besides the image itself (bench/generalise.py)
 CROPS_VERSION = "diag2-v1"  # changes whenever native_crops would give other crops (cache keys, stored evidence)
 CROP_CENTRES = (0.25, 0.75)  # each crop's centre, as a share of the width and of the height
@@ -58,6 +63,15 @@ def default_blocks(num_layers: int) -> tuple[int, ...]:
     return tuple(range(first, last + 1))
 
 
+def default_crop_blocks(num_layers: int) -> tuple[int, ...]:
+    """The blocks the native-resolution crops' evidence reads in a ``num_layers``-block tower: blocks 2-8
+    of 12 (nearer the pixels than the main view's 4-10; ``bench/crop_bands.py``), the same band elsewhere."""
+    if num_layers == 12:
+        return DEFAULT_CROP_BLOCKS
+    first = max(1, round(num_layers / 6))
+    return tuple(range(first, max(first, round(num_layers * 2 / 3)) + 1))
+
+
 def evidence(cls: np.ndarray, blocks: Sequence[int] = DEFAULT_BLOCKS) -> np.ndarray:
     """(N, L+1, D) CLS tokens of every hidden state -> (N, len(blocks) * D) float32 evidence vectors."""
     cls = np.asarray(cls, dtype=np.float32)
@@ -66,7 +80,7 @@ def evidence(cls: np.ndarray, blocks: Sequence[int] = DEFAULT_BLOCKS) -> np.ndar
     return (parts.reshape(len(cls), -1) / np.sqrt(len(blocks))).astype(np.float32)
 
 
-def crop_evidence(crops: np.ndarray, blocks: Sequence[int] = DEFAULT_BLOCKS) -> np.ndarray:
+def crop_evidence(crops: np.ndarray, blocks: Sequence[int] = DEFAULT_CROP_BLOCKS) -> np.ndarray:
     """(N, K, L+1, D) CLS tokens of each image's K native-resolution crops -> (N, len(blocks) * D) float32:
     each crop's :func:`evidence`, averaged over the crops, scaled to unit length."""
     crops = np.asarray(crops, dtype=np.float32)

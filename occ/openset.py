@@ -39,7 +39,15 @@ import numpy as np
 from occ import joint
 from occ.backbones import load_backbone
 from occ.errors import OccError, RegistryError, UsageError, first_line
-from occ.evidence import CROP_COUNT, DEFAULT_VIEWS, crop_evidence, default_blocks, evidence, training_views
+from occ.evidence import (
+    CROP_COUNT,
+    DEFAULT_VIEWS,
+    crop_evidence,
+    default_blocks,
+    default_crop_blocks,
+    evidence,
+    training_views,
+)
 from occ.joint import DEFAULT_DIMS, DEFAULT_DISCRIMINATIVE, DEFAULT_MIN_MARGIN, ClassRows, JointModel, Stream
 from occ.lowlevel import DIMS as LOW_DIMS
 from occ.negatives import bank_paths
@@ -95,15 +103,17 @@ class JointSettings:
     discriminative: float | None = DEFAULT_DISCRIMINATIVE  # occ.joint, point 3; None: discriminant margins
     low_weight: float | None = DEFAULT_LOW_WEIGHT  # the low-level stream's weight; None: CLIP evidence alone
     crops: bool = DEFAULT_CROPS  # the native-resolution crops' evidence beside the main view's
+    crop_blocks: tuple[int, ...] | None = None  # the blocks the crops' evidence reads; None: default_crop_blocks
 
     def resolved(self, backbone: Backbone) -> JointSettings:
         blocks = default_blocks(backbone.num_layers) if self.blocks is None else tuple(self.blocks)
-        return replace(self, blocks=blocks)
+        crop_blocks = default_crop_blocks(backbone.num_layers) if self.crop_blocks is None else tuple(self.crop_blocks)
+        return replace(self, blocks=blocks, crop_blocks=crop_blocks)
 
     def to_dict(self) -> dict:
         return {"dims": self.dims, "blocks": list(self.blocks), "bank_views": self.bank_views, "seed": self.seed,
                 "min_margin": self.min_margin, "discriminative": self.discriminative, "low_weight": self.low_weight,
-                "crops": self.crops}
+                "crops": self.crops, "crop_blocks": list(self.crop_blocks)}
 
     @property
     def stream(self) -> Stream | None:
@@ -112,14 +122,14 @@ class JointSettings:
 
     def rows(self, cls: np.ndarray, low: np.ndarray | None, crops: np.ndarray | None = None) -> np.ndarray:
         """The joint model's evidence rows: the CLS evidence of :attr:`blocks` (with :attr:`crops`, joined
-        by the crops' evidence, :func:`occ.evidence.crop_evidence`, the two scaled to unit length
-        together; ``crops`` must then be given), then the low-level evidence when it is weighed in (``low``
-        must then be given)."""
+        by the crops' evidence of :attr:`crop_blocks`, :func:`occ.evidence.crop_evidence`, the two scaled to
+        unit length together; ``crops`` must then be given), then the low-level evidence when it is weighed
+        in (``low`` must then be given)."""
         x = evidence(cls, self.blocks)
         if self.crops:
             if crops is None:
                 raise ValueError("the joint model reads native-resolution crops, and none were computed")
-            x = np.concatenate([x, crop_evidence(crops, self.blocks)], 1) / np.float32(np.sqrt(2.0))
+            x = np.concatenate([x, crop_evidence(crops, self.crop_blocks)], 1) / np.float32(np.sqrt(2.0))
         if self.low_weight is None:
             return x
         if low is None:
@@ -221,9 +231,10 @@ def _settled(settings: JointSettings, sources: dict) -> JointSettings:
     return replace(settings, crops=False) if settings.crops and _without_crops(sources) else settings
 
 
-def _fit(sources: dict, backbone: Backbone, extractor, settings: JointSettings,
-         progress: Progress | None) -> JointModel:
-    """The joint model of ``sources`` with ``settings`` (as :func:`_settled` leaves them)."""
+def _rows(sources: dict, backbone: Backbone, extractor, settings: JointSettings,
+          progress: Progress | None) -> tuple[dict[str, ClassRows], ClassRows]:
+    """(rows of each source, rows of the non-target class) that the joint model of ``sources`` is fitted
+    on, with ``settings`` (as :func:`_settled` leaves them)."""
     neg_x, neg_ids, offset = [], [], 0
     # the bank is in the non-target class unless every source was enrolled without it
     if any(BANK_KEY in (meta.get("negatives") or {}) for _, _, meta in sources.values()):
@@ -245,18 +256,35 @@ def _fit(sources: dict, backbone: Backbone, extractor, settings: JointSettings,
             neg_x.append(settings.rows(n_cls, n_low, n_crops))
             neg_ids.append(n_ids + offset)
             offset += int(n_ids.max()) + 1
+    if not neg_x:
+        raise UsageError("the joint model has no non-target images: every lda source was enrolled without "
+                         "the default bank and without --negatives")
+    return classes, ClassRows(np.concatenate(neg_x), np.concatenate(neg_ids))
+
+
+def training_rows(registry, backbone: Backbone, *, extractor=None,
+                  settings: JointSettings | None = None) -> tuple[dict[str, ClassRows], ClassRows]:
+    """The rows :func:`refit` fits the registry's joint model on (each source's, the non-target class's),
+    for studies of the decision (``bench/openset_rules.py``)."""
+    from occ.features import FeatureExtractor
+
+    settings = (settings or JointSettings()).resolved(backbone)
+    sources = _joint_sources(registry, backbone)
+    return _rows(sources, backbone, extractor or FeatureExtractor(backbone), _settled(settings, sources), None)
+
+
+def _fit(sources: dict, backbone: Backbone, extractor, settings: JointSettings,
+         progress: Progress | None) -> JointModel:
+    """The joint model of ``sources`` with ``settings`` (as :func:`_settled` leaves them)."""
+    classes, nontarget = _rows(sources, backbone, extractor, settings, progress)
     if progress:
         progress("joint model", 0, 1)
     far = {n: m["calibration"]["far"] for n, (_, _, m) in sources.items()}
     tpr = {n: m["calibration"]["target_tpr"] for n, (_, _, m) in sources.items()}
-    if not neg_x:
-        raise UsageError("the joint model has no non-target images: every lda source was enrolled without "
-                         "the default bank and without --negatives")
     try:
         model = JointModel(settings.dims, seed=settings.seed, min_margin=settings.min_margin,
                            discriminative=settings.discriminative, stream=settings.stream,
-                           scale_from=joint.LARGE_SOURCES).fit(
-            classes, ClassRows(np.concatenate(neg_x), np.concatenate(neg_ids)), far=far, target_tpr=tpr)
+                           scale_from=joint.LARGE_SOURCES).fit(classes, nontarget, far=far, target_tpr=tpr)
     except ValueError as exc:
         raise RegistryError(f"cannot fit the joint model of the registry: {first_line(exc)}") from None
     model.settings_ = settings
@@ -340,6 +368,8 @@ def _stored(registry, fingerprint: str) -> tuple[JointModel, dict] | None:
         if "crops" not in manifest["settings"]:  # stored by an occ without the crops: so were its sources
             manifest["settings"]["crops"] = False
             manifest["without_crops"] = sorted(manifest["sources"])
+        if "crop_blocks" not in manifest["settings"]:  # stored when the crops read the main view's blocks
+            manifest["settings"]["crop_blocks"] = list(manifest["settings"]["blocks"])
         return _tagged(model, manifest, JointSettings(**manifest["settings"])), manifest
     except Exception:  # damaged or from another version: it is derived data, refitted on demand
         return None

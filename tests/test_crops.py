@@ -16,7 +16,16 @@ from safetensors.numpy import save as st_save
 from occ.attribution import Attributor
 from occ.config import VerifierConfig
 from occ.enrollment import enroll
-from occ.evidence import CROP_COUNT, LaunderedView, crop_evidence, evidence, native_crops
+from occ.evidence import (
+    CROP_COUNT,
+    DEFAULT_BLOCKS,
+    LaunderedView,
+    crop_evidence,
+    default_blocks,
+    default_crop_blocks,
+    evidence,
+    native_crops,
+)
 from occ.features import CROPS_KEY, FeatureExtractor
 from occ.openset import CROP_EVIDENCE_KEYS, JointSettings, joint_for, refit
 from occ.registry import Registry
@@ -217,8 +226,55 @@ def test_a_model_stored_by_an_occ_without_crops_is_used_as_stored(tmp_path, fami
     with safe_open(str(path), framework="numpy") as f:
         meta = json.loads(f.metadata()["occ"])
         tensors = {k: f.get_tensor(k) for k in f.keys()}
-    del meta["manifest"]["settings"]["crops"], meta["manifest"]["without_crops"]  # as the older occ wrote it
+    settings = meta["manifest"]["settings"]
+    del settings["crops"], settings["crop_blocks"], meta["manifest"]["without_crops"]  # as the older occ wrote it
     path.write_bytes(st_save(tensors, metadata={"occ": json.dumps(meta)}))
     monkeypatch.setattr(openset, "_fit", lambda *a, **k: pytest.fail("the stored model was refitted"))
     model, stale = joint_for(reg, tiny_vision_backbone)
     assert not stale and not model.settings_.crops and model.without_crops_ == ["grad", "noise"]
+
+
+def _stored_meta(reg: Registry, backbone) -> tuple[Path, dict, dict]:
+    import json
+
+    from safetensors import safe_open
+
+    path = reg.joint_path(backbone.fingerprint)
+    with safe_open(str(path), framework="numpy") as f:
+        return path, json.loads(f.metadata()["occ"]), {k: f.get_tensor(k) for k in f.keys()}
+
+
+def test_the_crops_evidence_reads_its_own_blocks(tmp_path, families, tiny_vision_backbone, monkeypatch):
+    import json
+
+    from occ import openset
+
+    assert default_crop_blocks(12) == (2, 3, 4, 5, 6, 7, 8) and default_blocks(12) == DEFAULT_BLOCKS
+    bb = tiny_vision_backbone
+    reg = Registry(tmp_path / "reg")
+    for name, (train, _) in families.items():
+        _enroll(reg, name, train, bb)
+    model, _ = joint_for(reg, bb)
+    assert model.settings_.crop_blocks == default_crop_blocks(bb.num_layers)
+    tests = [families[n][1] for n in FAMILIES]
+    trunk = FeatureExtractor(bb).load(tests, (), crops=True).trunk
+    first, last = (1,), (bb.num_layers,)
+    settings = JointSettings(crop_blocks=first, low_weight=None).resolved(bb)
+    expected = np.concatenate([evidence(trunk.cls_array, settings.blocks), crop_evidence(trunk.crops, first)], 1)
+    assert np.allclose(settings.rows(trunk.cls_array, trunk.low, trunk.crops), expected / np.sqrt(2.0), atol=1e-6)
+    # the band a refit was given is the one it stores and the one decisions read
+    scores = {}
+    for band in (first, last):
+        refit(reg, bb, settings=JointSettings(crop_blocks=band))
+        model, stale = joint_for(reg, bb)
+        assert not stale and tuple(model.settings_.crop_blocks) == band
+        assert _stored_meta(reg, bb)[1]["manifest"]["settings"]["crop_blocks"] == list(band)
+        scores[band] = {d.path: d.raw for d in Attributor.from_registry(reg, bb).run(tests)}
+    assert any(abs(scores[first][p][n] - scores[last][p][n]) > 1e-3 for p in scores[first] for n in FAMILIES)
+    # a model stored before the crops had a band of their own read them with the main view's blocks
+    path, meta, tensors = _stored_meta(reg, bb)
+    del meta["manifest"]["settings"]["crop_blocks"]
+    path.write_bytes(st_save(tensors, metadata={"occ": json.dumps(meta)}))
+    monkeypatch.setattr(openset, "_fit", lambda *a, **k: pytest.fail("the stored model was refitted"))
+    model, stale = joint_for(reg, bb)
+    assert not stale and tuple(model.settings_.crop_blocks) == tuple(model.settings_.blocks)
