@@ -266,7 +266,7 @@ def training_rows(registry, backbone: Backbone, *, extractor=None,
                   settings: JointSettings | None = None) -> tuple[dict[str, ClassRows], ClassRows]:
     """The rows :func:`refit` fits the registry's joint model on (each source's, the non-target class's),
     for studies of the decision (``bench/openset_rules.py``)."""
-    from occ.features import FeatureExtractor
+    from occ.features import FeatureExtractor  # PIL, as in refit: the stored model's readers need numpy alone
 
     settings = (settings or JointSettings()).resolved(backbone)
     sources = _joint_sources(registry, backbone)
