@@ -48,17 +48,13 @@ BANDS = {"shipped (4-10)": DEFAULT_BLOCKS, "1-6": tuple(range(1, 7)), "2-8": tup
 
 
 def draw_figures(d, seed, backbone, extractor) -> dict[str, dict]:
-    from occ.config import VerifierConfig
     from occ.openset import refit
-    from occ.training import TrainSettings
 
     paths = [p for s in d["known"] for p in d["tests"][s]] + d["unknown_gen"] + d["real"]
     trunk = extractor.load(paths, (), crops=True).trunk
     out = {}
     with tempfile.TemporaryDirectory(prefix="occ-crop-bands-") as tmp:
-        cfg = lambda _name: VerifierConfig(kind="lda", views=2, settings=TrainSettings(seed=seed))  # noqa: E731
-        registry, _ = G.enroll_all(Path(tmp) / "reg", d, cfg, backbone, extractor)
-        product = {x.path: x for x in G.decisions(registry, backbone, extractor, paths)}
+        registry, _ = G.enroll_defaults(Path(tmp) / "reg", d, seed, backbone, extractor)
         for name, band in BANDS.items():
             settings = JointSettings(crop_blocks=band)
             model = refit(registry, backbone, extractor=extractor, settings=settings)
@@ -67,8 +63,9 @@ def draw_figures(d, seed, backbone, extractor) -> dict[str, dict]:
             rows = {str(p): SimpleNamespace(raw=dict(zip(dec.names, dec.raw[i].tolist())), raw_thresholds=thr,
                                             source=dec.names[dec.named[i]] if dec.named[i] >= 0 else None)
                     for i, p in enumerate(paths)}
-            if band == DEFAULT_CROP_BLOCKS and any(rows[k].source != product[k].source for k in rows):
-                raise AssertionError("the shipped band's decisions differ from occ.attribution's")
+            if band == DEFAULT_CROP_BLOCKS:
+                G.check_against_product(registry, backbone, extractor, paths,
+                                        [rows[str(p)].source for p in paths], "the shipped band's decisions")
             out[name] = G.metrics(d, rows)
     return out
 
@@ -79,13 +76,7 @@ def main() -> None:
     ap.add_argument("--shots", type=int, default=10)
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
-    from occ.backbones import load_backbone
-    from occ.features import FeatureExtractor
-
-    backbone = load_backbone(None)
-    extractor = FeatureExtractor(backbone)
-    G.exclude_content_bank_copies()
-    norm = G.normalise_devset()
+    norm, backbone, extractor = G.content_study()
     native = G.native_devset(G.CONTENT["t2icmp"]["generators"] + G.CONTENT["t2icmp"]["real"])
     splits = {"imagen many": (norm, "imagen", False), "imagen few": (norm, "imagen", True),
               "t2icmp many": (norm, "t2icmp", False), "t2icmp native": (native, "t2icmp", False)}

@@ -40,13 +40,7 @@ def main() -> None:
     args = ap.parse_args()
     if DEFAULT_DIMS not in args.dims:
         ap.error(f"--dims must include the shipped {DEFAULT_DIMS}, the rule's reference")
-    from occ.backbones import load_backbone
-    from occ.features import FeatureExtractor
-
-    data = G.normalise_devset()
-    backbone = load_backbone(None)
-    extractor = FeatureExtractor(backbone)
-    G.exclude_content_bank_copies()
+    data, backbone, extractor = G.content_study()
     views, _, tprs, floors = G._fixed()
     rows = []
     for group in args.groups:

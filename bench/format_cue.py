@@ -45,16 +45,9 @@ def main():
     ap.add_argument("--shots", type=int, default=10)
     args = ap.parse_args()
 
-    from occ.backbones import load_backbone
-    from occ.config import VerifierConfig
-    from occ.features import FeatureExtractor
     from occ.perturb import parse_perturb_spec
-    from occ.training import TrainSettings
 
-    data = G.normalise_devset()
-    G.exclude_content_bank_copies()
-    backbone = load_backbone(None)
-    extractor = FeatureExtractor(backbone)
+    data, backbone, extractor = G.content_study()
     rows = []
 
     def save(**extra):
@@ -68,8 +61,7 @@ def main():
             d = G.content_draw(data, group, seed, args.shots)
             known = [p for s in d["known"] for p in d["tests"][s]]
             with tempfile.TemporaryDirectory(prefix="occ-format-cue-") as tmp:
-                cfg = lambda _n, s=seed: VerifierConfig(kind="lda", settings=TrainSettings(seed=s))  # noqa: E731
-                registry, _ = G.enroll_all(Path(tmp) / "reg", d, cfg, backbone, extractor)
+                registry, _ = G.enroll_defaults(Path(tmp) / "reg", d, seed, backbone, extractor)
                 row = {"split": d["split"], "seed": seed, "known": d["known"]}
                 for spec in (None, *SPECS):
                     transform = None if spec is None else parse_perturb_spec(spec)[0]

@@ -251,6 +251,17 @@ def enroll_all(registry_dir, d, config_for, backbone, extractor, order=None):
     return registry, time.perf_counter() - t0
 
 
+def enroll_defaults(registry_dir, d, seed, backbone, extractor, views=None, order=None):
+    """:func:`enroll_all` with the verifier users get (``lda``, ``views`` laundered copies: occ's default when
+    None), seeded by the draw's seed."""
+    from occ.config import VerifierConfig
+    from occ.training import TrainSettings
+
+    return enroll_all(registry_dir, d, lambda _name: VerifierConfig(kind="lda", views=views,
+                                                                    settings=TrainSettings(seed=seed)),
+                      backbone, extractor, order)
+
+
 def decisions(registry, backbone, extractor, paths, transform=None):
     from occ.attribution import Attributor
 
@@ -392,8 +403,7 @@ def run_candidates(d, backbone, extractor, seed, views_list, dims_list, tprs, fl
     rows = []
     for views in views_list:
         with tempfile.TemporaryDirectory(prefix="occ-generalise-") as tmp:
-            cfg = lambda _name, v=views: VerifierConfig(kind="lda", views=v, settings=TrainSettings(seed=seed))  # noqa: E731
-            registry, t_enroll = enroll_all(Path(tmp) / "reg", d, cfg, backbone, extractor)
+            registry, t_enroll = enroll_defaults(Path(tmp) / "reg", d, seed, backbone, extractor, views)
             for tpr in tprs:
                 for name in d["known"]:
                     set_threshold(registry, name, target_tpr=tpr)
@@ -415,7 +425,8 @@ def run_candidates(d, backbone, extractor, seed, views_list, dims_list, tprs, fl
                     if order_check:
                         with tempfile.TemporaryDirectory(prefix="occ-generalise-order-") as tmp2:
                             other = list(reversed(d["order"]))
-                            reg2, _ = enroll_all(Path(tmp2) / "reg", d, cfg, backbone, extractor, order=other)
+                            reg2, _ = enroll_defaults(Path(tmp2) / "reg", d, seed, backbone, extractor, views,
+                                                      order=other)
                             for name in d["known"]:
                                 set_threshold(reg2, name, target_tpr=tpr)
                             refit(reg2, backbone, extractor=extractor, settings=settings)
@@ -447,6 +458,26 @@ def summarise(rows):
 def mean_std(summary: dict, keys) -> dict[str, str]:
     """``keys`` of a :func:`summarise` result as 'mean+-std' strings, for a run's closing lines."""
     return {k: f"{summary[k]['mean']:.3f}+-{summary[k]['std']:.3f}" for k in keys}
+
+
+def check_against_product(registry, backbone, extractor, paths, named, what: str) -> None:
+    """Raise unless ``named`` (a source or None per path) is what ``occ.attribution`` decides for ``paths``:
+    a study's figures for the shipped rule are then those users get."""
+    product = {x.path: x.source for x in decisions(registry, backbone, extractor, paths)}
+    if [product[str(p)] for p in paths] != list(named):
+        raise AssertionError(f"{what} differs from occ.attribution's decisions")
+
+
+def content_study():
+    """What a study of the content-matched splits starts from: the normalised devset, occ's default
+    backbone and a feature extractor over it, with the bank's copies left out of every draw."""
+    from occ.backbones import load_backbone
+    from occ.features import FeatureExtractor
+
+    data = normalise_devset()
+    backbone = load_backbone(None)
+    exclude_content_bank_copies()
+    return data, backbone, FeatureExtractor(backbone)
 
 
 def exclude_content_bank_copies() -> None:

@@ -48,24 +48,20 @@ def outputs(d, seed, backbone, extractor) -> dict:
     """The fitted model's outputs for draw ``d``'s test images, and the pooled detector's scores."""
     from sklearn.linear_model import LogisticRegression
 
-    from occ.config import VerifierConfig
     from occ.openset import refit, training_rows
-    from occ.training import TrainSettings
 
     kp = [(p, s) for s in d["known"] for p in d["tests"][s]]
     paths = [p for p, _ in kp] + d["unknown_gen"] + d["real"]
     with tempfile.TemporaryDirectory(prefix="occ-openset-rules-") as tmp:
-        cfg = lambda _name: VerifierConfig(kind="lda", views=2, settings=TrainSettings(seed=seed))  # noqa: E731
-        registry, _ = G.enroll_all(Path(tmp) / "reg", d, cfg, backbone, extractor)
+        registry, _ = G.enroll_defaults(Path(tmp) / "reg", d, seed, backbone, extractor)
         model = refit(registry, backbone, extractor=extractor)
         sources, nontarget = training_rows(registry, backbone, extractor=extractor, settings=model.settings_)
-        product = {x.path: x.source for x in G.decisions(registry, backbone, extractor, paths)}
-    names = model.names_
-    trunk = extractor.load(paths, (), crops=model.settings_.crops).trunk
-    x = model.settings_.rows(trunk.cls_array, trunk.low, trunk.crops)
-    dec = model.decide_arrays(x)
-    if [product[str(p)] for p in paths] != [names[i] if i >= 0 else None for i in dec.named]:
-        raise AssertionError("the study's shipped rule differs from occ.attribution's decisions")
+        names = model.names_
+        trunk = extractor.load(paths, (), crops=model.settings_.crops).trunk
+        x = model.settings_.rows(trunk.cls_array, trunk.low, trunk.crops)
+        dec = model.decide_arrays(x)
+        G.check_against_product(registry, backbone, extractor, paths,
+                                [names[i] if i >= 0 else None for i in dec.named], "the study's shipped rule")
     geometry = model.geometry_
     train = np.concatenate([geometry.project(c.features) for c in [sources[n] for n in names] + [nontarget]])
     label = np.r_[np.ones(sum(len(sources[n]) for n in names)), np.zeros(len(nontarget))]
@@ -133,8 +129,7 @@ def passes(design: dict, name: str) -> bool:
     return True
 
 
-def run(groups, seeds, shots, backbone, extractor) -> dict:
-    data = G.normalise_devset()
+def run(data, groups, seeds, shots, backbone, extractor) -> dict:
     by_split: dict[str, dict[str, list[dict]]] = {}
     for group in groups:
         for few in ([False, True] if G.CONTENT[group]["few"] else [False]):
@@ -157,17 +152,12 @@ def main() -> None:
     ap.add_argument("--shots", type=int, default=10)
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
-    from occ.backbones import load_backbone
-    from occ.features import FeatureExtractor
-
-    backbone = load_backbone(None)
-    extractor = FeatureExtractor(backbone)
-    G.exclude_content_bank_copies()
+    data, backbone, extractor = G.content_study()
     t0 = time.perf_counter()
     seeds = list(range(args.seeds))
-    design = run(args.groups, seeds, args.shots, backbone, extractor)
+    design = run(data, args.groups, seeds, args.shots, backbone, extractor)
     chosen = [n for n in candidates() if n != "shipped" and passes(design, n)]
-    report = run(args.report, seeds, args.shots, backbone, extractor) if args.report else {}
+    report = run(data, args.report, seeds, args.shots, backbone, extractor) if args.report else {}
     out = {"command": " ".join(sys.argv), "rule": "raises known/unknown balance on every design split, photos not up, "
            "unknown rejected down by at most 0.01", "passing": chosen, "design": design, "report": report,
            "seconds": time.perf_counter() - t0}

@@ -122,13 +122,7 @@ def main() -> None:
     ap.add_argument("--groups", nargs="+", choices=("imagen", "t2icmp"), default=["imagen"])
     ap.add_argument("--recipes", nargs="+", choices=RECIPES, default=list(RECIPES))
     args = ap.parse_args()
-    from occ.backbones import load_backbone
-    from occ.features import FeatureExtractor
-
-    data = G.normalise_devset()
-    backbone = load_backbone(None)
-    extractor = FeatureExtractor(backbone)
-    G.exclude_content_bank_copies()
+    data, backbone, extractor = G.content_study()
     rows = []
     for group in args.groups:
         for seed in range(args.seeds):
