@@ -135,13 +135,7 @@ def enroll(
         lambda done: progress("target images", done, len(targets)))))
     check_count(name, len(pos), force)
     pos_shas = {im.sha256 for im in pos.images}
-    overlaps = training_overlaps(registry, name, pos_shas)
-    if overlaps and not allow_overlap:
-        (first, n), *more = overlaps.items()
-        shared = "".join([f"{n} of its training images are already training images of source '{first}'",
-                          *(f", {k} of source '{other}'" for other, k in more)])
-        raise UsageError(f"cannot enroll '{name}': {shared} (same file contents), and would be a target of one "
-                         "source and a non-target of the other; leave them out, or pass --allow-overlap")
+    overlaps = check_overlaps(registry, name, pos_shas, allow_overlap)
     stores_evidence = verifier.config.head_class.stores_evidence
     if stores_evidence:
         use_registry = False  # other sources compete in the joint model, whatever the order
@@ -211,6 +205,22 @@ def check_count(name: str, n: int, force: bool = False) -> None:
                          f"{MIN_SHOTS} ({MIN_FORCED} with --force)")
     raise UsageError(f"cannot enroll '{name}' from {n} distinct readable target images: the minimum is {MIN_SHOTS} "
                      "(below it a verifier is unreliable); add images, or pass --force to enroll it anyway")
+
+
+def check_overlaps(registry: Registry, name: str, shas: set[str], allow: bool, verb: str = "enroll"
+                   ) -> dict[str, int]:
+    """:func:`training_overlaps` of source ``name``'s training images ``shas``; UsageError when there are
+    any and not ``allow`` (what ``occ enroll`` and ``occ import`` refuse without --allow-overlap)."""
+    overlaps = training_overlaps(registry, name, shas)
+    if overlaps and not allow:
+        (first, n), *more = overlaps.items()
+        shared = "".join([f"{n} of its training images are already training images of source '{first}'",
+                          *(f", {k} of source '{other}'" for other, k in more)])
+        remedy = ("leave them out, or pass --allow-overlap" if verb == "enroll"
+                  else f"pass --allow-overlap to {verb} it anyway")
+        raise UsageError(f"cannot {verb} '{name}': {shared} (same file contents), and would be a target of one "
+                         f"source and a non-target of the other; {remedy}")
+    return overlaps
 
 
 def training_overlaps(registry: Registry, name: str, shas: set[str]) -> dict[str, int]:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from clikit import invoke, occ_argv, subprocess_env
+from clikit import invoke, occ_argv, subprocess_env, tree
 from PIL import Image
 
 from occ.attribution import Attributor
@@ -353,12 +353,20 @@ def test_verify_and_attribute_agree(tmp_path, images, tiny_vision_dir, tiny_visi
         assert [v["accepted"] for v in ver] == [a["source"] == name for a in att]
 
 
-def test_importing_a_copy_under_another_name_is_reported(tmp_path, images, tiny_vision_dir):
+def test_importing_a_copy_under_another_name_is_refused_unless_allowed(tmp_path, images, tiny_vision_dir):
     reg = tmp_path / "r"
     assert invoke("enroll", "noise", images["noise"][0], "--registry", reg, "--backbone", tiny_vision_dir).code == 0
     archive = tmp_path / "noise.occ.zip"
     assert invoke("export", "noise", archive, "--registry", reg).code == 0
+    before = tree(reg)
     run = invoke("import", archive, "--as", "again", "--registry", reg)
+    assert run.code == 2, run
+    assert run.err_lines == ["error: cannot import 'again': 8 of its training images are already training images of "
+                             "source 'noise' (same file contents), and would be a target of one source and a "
+                             "non-target of the other; pass --allow-overlap to import it anyway"], run
+    assert tree(reg) == before  # nothing written, the joint model untouched
+    assert invoke("import", archive, "--replace", "--registry", reg).code == 0  # itself: no overlap
+    run = invoke("import", archive, "--as", "again", "--allow-overlap", "--registry", reg)
     assert run.code == 0, run
     assert "8 of its training images are also training images of source 'noise'" in run.stderr
     assert "refitted over 2 source(s) (again, noise)" in run.stderr

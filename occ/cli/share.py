@@ -33,17 +33,24 @@ def import_cmd(
     file: Annotated[Path, typer.Argument(help="A file made by `occ export`.")],
     as_name: Annotated[str | None, typer.Option("--as", help="Store under another name.")] = None,
     replace: Annotated[bool, typer.Option("--replace", help="Replace an existing source of that name.")] = False,
+    allow_overlap: Annotated[bool, typer.Option("--allow-overlap", help="Import a source whose training images "
+                                                "are also training images of another source (warned about).")] = False,
     registry: RegistryOpt = None,
 ) -> None:
     """Add a source from a file made by `occ export` (validated first; a bad file writes nothing); the
-    registry's joint model is then refitted with it."""
+    registry's joint model is then refitted with it. Refuses a source whose training images are training
+    images of another source here (unless --allow-overlap), as `occ enroll` does."""
     # deferred: loads PIL and torch, which occ --help, occ sources and cached scoring never import
-    from occ.enrollment import training_overlaps
+    from occ.enrollment import check_overlaps
 
     reg = open_registry(registry)
+    overlaps: dict[str, int] = {}
+
+    def check(name: str, record: dict) -> None:
+        overlaps.update(check_overlaps(reg, name, set(record.get("training_images", [])), allow_overlap, "import"))
+
     with stage_progress("refit: {stage}") as on_progress:
-        record = reg.import_file(file, as_name=as_name, replace=replace, refit=refit_options(on_progress))
+        record = reg.import_file(file, as_name=as_name, replace=replace, refit=refit_options(on_progress), check=check)
     err.print(f"imported '{record.name}'", markup=False)
-    shas = set(record.meta.get("training_images", []))
-    for other, n in training_overlaps(reg, record.name, shas).items():
+    for other, n in overlaps.items():
         warn(f"{n} of its training images are also training images of source '{other}'")

@@ -10,7 +10,7 @@ import json
 import os
 import secrets
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
@@ -390,11 +390,12 @@ class Registry:
 
     def import_file(
         self, src: str | os.PathLike[str], *, as_name: str | None = None, replace: bool = False,
-        refit: Refit = None,
+        refit: Refit = None, check: Callable[[str, Mapping[str, Any]], None] | None = None,
     ) -> SourceRecord:
         """Add the source in export archive ``src`` (under ``as_name`` if given).
 
-        The whole archive is validated in memory first; a bad or hostile archive writes nothing.
+        The whole archive is validated in memory first; a bad or hostile archive writes nothing, and nor
+        does one that ``check`` (called with the name and the archive's verifier record) raises for.
         """
         if as_name is not None:
             validate_name(as_name)
@@ -404,6 +405,8 @@ class Registry:
         if not replace and name in self:
             raise self._exists(name)
         plain = {k: v for k, v in record.items() if k not in REGISTRY_FIELDS}
+        if check is not None:
+            check(name, plain)
         return self._commit(name, tensor_bytes, plain, replace=replace, refit=refit)
 
     def check_new(self, name: str, *, replace: bool = False) -> None:
