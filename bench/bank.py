@@ -34,16 +34,28 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import devset as D  # noqa: E402
 
+REPO = Path(__file__).resolve().parents[1]
 OLD_REF = "8b34029"  # the last commit with the 261-photo bank
 REALS = ("real-imagenet", "real-dif", "real-cnndet")
 
 
-def old_bank(ref: str, dest: Path) -> Path:
-    """Check the bank out of commit ``ref`` into ``dest`` (git archive; nothing in the work tree moves)."""
-    archive = subprocess.run(["git", "-C", str(D.ROOT), "archive", ref, "occ/data/negatives"], check=True,
+def old_bank(ref: str, work: Path, keep: set[str] | None = None) -> Path:
+    """The bank of commit ``ref`` in ``work`` (git archive; the work tree does not move), cut to the files
+    whose path in their package is in ``keep`` (None: all): a folder with its own PROVENANCE.csv."""
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", ref, "occ/data/negatives"], check=True,
                              capture_output=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
-    return dest / "occ" / "data" / "negatives"
+    work.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["tar", "-x", "-C", str(work)], input=archive, check=True)
+    folder = work / "occ" / "data" / "negatives"
+    if keep is not None:
+        with (folder / "PROVENANCE.csv").open(newline="") as f:
+            reader = csv.DictReader(f)
+            fields, rows = reader.fieldnames, [r for r in reader if r["path_in_package"] in keep]
+        with (folder / "PROVENANCE.csv").open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(rows)
+    return folder
 
 
 def main() -> None:

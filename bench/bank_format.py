@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,30 +36,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import generalise as G  # noqa: E402
+from bank import old_bank  # noqa: E402
 
 import occ.negatives as negatives  # noqa: E402
 import occ.openset as openset  # noqa: E402
 
 OLD_REF = "9c10ddc"  # the last commit whose bank was JPEG q90
 GROUPS = ("imagen", "t2icmp")
-
-
-def old_bank(ref: str, work: Path, keep: set[str] | None = None) -> Path:
-    """The bank of commit ``ref`` in ``work`` (git archive; the work tree does not move), cut to the files
-    whose path in their package is in ``keep`` (None: all): a folder with its own PROVENANCE.csv."""
-    archive = subprocess.run(["git", "-C", str(G.ROOT), "archive", ref, "occ/data/negatives"], check=True,
-                             capture_output=True).stdout
-    work.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["tar", "-x", "-C", str(work)], input=archive, check=True)
-    folder = work / "occ" / "data" / "negatives"
-    with (folder / "PROVENANCE.csv").open(newline="") as f:
-        reader = csv.DictReader(f)
-        fields, rows = reader.fieldnames, [r for r in reader if keep is None or r["path_in_package"] in keep]
-    with (folder / "PROVENANCE.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
-    return folder
 
 
 def use_bank(folder: Path) -> None:
