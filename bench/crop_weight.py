@@ -1,0 +1,121 @@
+"""How much the native-resolution crops weigh beside the main view, and the principal directions with
+them (issue 24; measured, nothing shipped).
+
+    python bench/crop_weight.py --out bench/results/crop_weight.json
+
+The joint model's rows join the main view's CLS evidence and the crops' (``occ.openset.JointSettings.rows``:
+both unit length, the pair scaled by 1/sqrt(2)), then keep ``dims`` = 256 principal directions of all
+training rows. The crops doubled the row's length, and which directions the principal components keep
+depends on how the two parts are weighed. Candidates: the shipped rows; ``dims`` 384 and 512 (a product
+setting, ``JointSettings.dims``); the crops' part weighed ``w`` = 0.7, 1.4 and 2 against the main view's
+(rows ``[main, w * crops] / sqrt(1 + w^2)``; a study-only subclass of the settings, since the product has
+no such knob). Per draw (``generalise.content_draw``, 3 seeds, 10 shots, sources enrolled once through
+``occ.enrollment.enroll``), each candidate refits the joint model through ``occ.openset.refit`` and decides
+the test images with it (``JointModel.decide_arrays`` on its rows; the shipped rows' names are checked
+against ``occ.attribution``'s). Figures are ``generalise.metrics``'.
+
+**Rule**, the one ``crop_bands.py`` used, fixed before the run: adopt a candidate if on imagen (mean of
+many and few) the criterion rises by >= 0.01 over the shipped rows and the verification AUC does not
+fall; the t2icmp splits (normalised and native) are reported and decide nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import generalise as G  # noqa: E402
+
+from occ.evidence import crop_evidence, evidence  # noqa: E402
+from occ.openset import JointSettings  # noqa: E402
+
+
+@dataclass
+class CropWeighed(JointSettings):
+    """The shipped rows with the crops' part weighed ``crop_weight`` against the main view's."""
+
+    crop_weight: float = 1.0
+
+    def rows(self, cls, low, crops=None):
+        w = np.float32(self.crop_weight)
+        x = np.concatenate([evidence(cls, self.blocks), w * crop_evidence(crops, self.crop_blocks)], 1)
+        x = x / np.float32(np.sqrt(1 + w * w))
+        return x if self.low_weight is None else np.concatenate([x, np.asarray(low, np.float32)], 1)
+
+
+CANDIDATES = {"shipped": JointSettings(), "dims 384": JointSettings(dims=384), "dims 512": JointSettings(dims=512),
+              "crop weight 0.7": CropWeighed(crop_weight=0.7), "crop weight 1.4": CropWeighed(crop_weight=1.4),
+              "crop weight 2": CropWeighed(crop_weight=2.0)}
+
+
+def draw_figures(d, seed, backbone, extractor) -> dict[str, dict]:
+    from occ.openset import refit
+
+    paths = [p for s in d["known"] for p in d["tests"][s]] + d["unknown_gen"] + d["real"]
+    trunk = extractor.load(paths, (), crops=True).trunk
+    out = {}
+    with tempfile.TemporaryDirectory(prefix="occ-crop-weight-") as tmp:
+        registry, _ = G.enroll_defaults(Path(tmp) / "reg", d, seed, backbone, extractor)
+        for name, settings in CANDIDATES.items():
+            model = refit(registry, backbone, extractor=extractor, settings=settings)
+            dec = model.decide_arrays(model.settings_.rows(trunk.cls_array, trunk.low, trunk.crops))
+            thr = {n: model.calibrations_[n].threshold for n in dec.names}
+            rows = {str(p): SimpleNamespace(raw=dict(zip(dec.names, dec.raw[i].tolist())), raw_thresholds=thr,
+                                            source=dec.names[dec.named[i]] if dec.named[i] >= 0 else None)
+                    for i, p in enumerate(paths)}
+            if name == "shipped":
+                G.check_against_product(registry, backbone, extractor, paths,
+                                        [rows[str(p)].source for p in paths], "the shipped rows' decisions")
+            out[name] = G.metrics(d, rows)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description="the crops' weight and the principal directions")
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--shots", type=int, default=10)
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args()
+    norm, backbone, extractor = G.content_study()
+    native = G.native_devset(G.CONTENT["t2icmp"]["generators"] + G.CONTENT["t2icmp"]["real"])
+    splits = {"imagen many": (norm, "imagen", False), "imagen few": (norm, "imagen", True),
+              "t2icmp many": (norm, "t2icmp", False), "t2icmp native": (native, "t2icmp", False)}
+    t0 = time.perf_counter()
+    per_split: dict[str, dict[str, list]] = {}
+    for split, (data, group, few) in splits.items():
+        for seed in range(args.seeds):
+            d = G.content_draw(data, group, seed, args.shots, few=few)
+            for name, fig in draw_figures(d, seed, backbone, extractor).items():
+                per_split.setdefault(split, {}).setdefault(name, []).append(fig | {"criterion": G.criterion(fig)})
+            print(split, seed, {n: round(v[-1]["criterion"], 3) for n, v in per_split[split].items()}, flush=True)
+    summary = {sp: {n: G.summarise(v) for n, v in c.items()} for sp, c in per_split.items()}
+    design = {n: float(np.mean([summary[sp][n]["criterion"]["mean"] for sp in ("imagen many", "imagen few")]))
+              for n in CANDIDATES}
+    auc = {n: float(np.mean([summary[sp][n]["verification_auc"]["mean"] for sp in ("imagen many", "imagen few")]))
+           for n in CANDIDATES}
+    passing = [n for n in CANDIDATES if n != "shipped" and design[n] >= design["shipped"] + 0.01
+               and auc[n] >= auc["shipped"]]
+    keys = ["verification_auc", "open_set_auroc", "closed_set_accuracy", "known_correct", "unknown_rejected",
+            "real_accepted", "criterion"]
+    for sp, cands in summary.items():
+        print(sp)
+        for n, s in cands.items():
+            print(f"  {n:16s} " + " ".join(f"{k} {v}" for k, v in G.mean_std(s, keys).items()))
+    print("imagen criterion:", {n: round(v, 4) for n, v in design.items()}, "passing:", passing or "none")
+    if args.out:
+        args.out.write_text(json.dumps({"command": " ".join(sys.argv), "imagen_criterion": design,
+                                        "imagen_verification_auc": auc, "passing": passing, "per_split": summary,
+                                        "rows": per_split, "seconds": time.perf_counter() - t0}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
