@@ -39,15 +39,9 @@ import generalise as G  # noqa: E402
 from bank import old_bank  # noqa: E402
 
 import occ.negatives as negatives  # noqa: E402
-import occ.openset as openset  # noqa: E402
 
 OLD_REF = "9c10ddc"  # the last commit whose bank was JPEG q90
 GROUPS = ("imagen", "t2icmp")
-
-
-def use_bank(folder: Path) -> None:
-    negatives.BANK_DIR = folder
-    openset._BANK_ROWS.clear()  # the bank's rows are kept per process: read the new files
 
 
 def provenance_keys(folder: Path) -> set[str]:
@@ -81,13 +75,13 @@ def main() -> None:
             whole = old_bank(args.old_ref, Path(tmp) / "whole")
         # photos that are copies of an image of either bank (the whole old one): left out for both banks
         for folder in (whole, shipped):
-            use_bank(folder)
+            G.use_bank(folder)
             G.exclude_content_bank_copies()
         for group in GROUPS:
             for seed in range(args.seeds):
                 draw = G.content_draw(data, group, seed, 10)
                 for label, folder in banks.items():
-                    use_bank(folder)
+                    G.use_bank(folder)
                     start = time.time()
                     (row,) = G.run_candidates(draw, backbone, extractor, seed, *G._fixed(), launder=True)
                     row.update(bank=label, group=group, seed=seed, criterion=G.criterion(row),
@@ -97,7 +91,7 @@ def main() -> None:
                     print(group, seed, label, {k: round(row[k], 3) for k in (
                         "verification_auc", "open_set_auroc", "known_correct", "unknown_rejected",
                         "real_accepted", "criterion")}, f"{time.time() - start:.0f} s", flush=True)
-        use_bank(shipped)
+        G.use_bank(shipped)
     summary = {group: {label: G.summarise([r for r in rows if r["group"] == group and r["bank"] == label])
                        for label in banks} for group in GROUPS}
     args.out.parent.mkdir(parents=True, exist_ok=True)

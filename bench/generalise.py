@@ -480,6 +480,74 @@ def content_study():
     return data, backbone, FeatureExtractor(backbone)
 
 
+def use_bank(folder: Path) -> None:
+    """Read the non-target bank from ``folder`` (a folder with its own PROVENANCE.csv) from now on."""
+    import occ.negatives as negatives
+    import occ.openset as openset
+
+    negatives.BANK_DIR = folder
+    openset._BANK_ROWS.clear()  # the bank's rows are kept per process: read the new files
+
+
+# folds of the shipped bank by package: what a model fitted without a fold accepts of it is a design-side
+# measure of photos unlike the bank (the content groups' own photos are accepted 0-0.5 % on imagen)
+BANK_HOLDOUTS = ("gcompris-qt-data", "gimp-help-en", "opencv-doc", "other packages")
+
+
+def bank_holdouts(work: Path) -> dict[str, tuple[Path, list[Path]]]:
+    """Per fold of :data:`BANK_HOLDOUTS`: (a bank folder in ``work`` holding the shipped bank less that
+    fold's files, the fold's files in the shipped bank). Copies keep their bytes, so the feature cache
+    serves them."""
+    import shutil
+
+    import occ.negatives as negatives
+
+    shipped = negatives.BANK_DIR
+    with (shipped / "PROVENANCE.csv").open(newline="") as f:
+        reader = csv.DictReader(f)
+        fields, rows = reader.fieldnames, list(reader)
+    named = set(BANK_HOLDOUTS[:-1])
+    out = {}
+    for fold in BANK_HOLDOUTS:
+        held = [r for r in rows if (r["package"] == fold if fold in named else r["package"] not in named)]
+        if not held:
+            raise ValueError(f"the bank holds no file of fold {fold!r}")
+        folder = work / fold.replace(" ", "-")
+        folder.mkdir(parents=True)
+        kept = [r for r in rows if r not in held]
+        for r in kept:
+            shutil.copyfile(shipped / r["file"], folder / r["file"])
+        with (folder / "PROVENANCE.csv").open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(kept)
+        out[fold] = (folder, sorted(shipped / r["file"] for r in held))
+    return out
+
+
+def held_out_bank_accepts(registry, backbone, extractor, candidates: dict, holdouts: dict) -> dict[str, dict]:
+    """candidate -> {fold: share of the fold's bank images a source is named for}, by the joint model of
+    ``registry`` refitted with each candidate's :class:`occ.openset.JointSettings` on the bank less the
+    fold (:func:`bank_holdouts`). The shipped bank is read again afterwards; the registry's stored model
+    is the last one fitted."""
+    import occ.negatives as negatives
+    from occ.openset import refit
+
+    shipped = negatives.BANK_DIR
+    out: dict[str, dict] = {name: {} for name in candidates}
+    try:
+        for fold, (folder, files) in holdouts.items():
+            use_bank(folder)
+            trunk = extractor.load(files, (), crops=True).trunk
+            for name, settings in candidates.items():
+                model = refit(registry, backbone, extractor=extractor, settings=settings)
+                x = model.settings_.rows(trunk.cls_array, trunk.low, trunk.crops)
+                out[name][fold] = float((model.decide_arrays(x).named >= 0).mean())
+    finally:
+        use_bank(shipped)
+    return out
+
+
 def exclude_content_bank_copies() -> None:
     """Leave out of every content-matched draw the photos that copy an image of the bank in use
     (:func:`bank_copies` of the content groups' photo sets, added to :data:`EXCLUDED`)."""
