@@ -32,9 +32,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from types import SimpleNamespace
-
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import generalise as G  # noqa: E402
@@ -56,13 +53,8 @@ def draw_figures(d, seed, backbone, extractor) -> dict[str, dict]:
     with tempfile.TemporaryDirectory(prefix="occ-crop-bands-") as tmp:
         registry, _ = G.enroll_defaults(Path(tmp) / "reg", d, seed, backbone, extractor)
         for name, band in BANDS.items():
-            settings = JointSettings(crop_blocks=band)
-            model = refit(registry, backbone, extractor=extractor, settings=settings)
-            dec = model.decide_arrays(model.settings_.rows(trunk.cls_array, trunk.low, trunk.crops))
-            thr = {n: model.calibrations_[n].threshold for n in dec.names}
-            rows = {str(p): SimpleNamespace(raw=dict(zip(dec.names, dec.raw[i].tolist())), raw_thresholds=thr,
-                                            source=dec.names[dec.named[i]] if dec.named[i] >= 0 else None)
-                    for i, p in enumerate(paths)}
+            model = refit(registry, backbone, extractor=extractor, settings=JointSettings(crop_blocks=band))
+            rows = G.model_rows(model, trunk, paths)
             if band == DEFAULT_CROP_BLOCKS:
                 G.check_against_product(registry, backbone, extractor, paths,
                                         [rows[str(p)].source for p in paths], "the shipped band's decisions")
@@ -77,36 +69,20 @@ def main() -> None:
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     norm, backbone, extractor = G.content_study()
-    native = G.native_devset(G.CONTENT["t2icmp"]["generators"] + G.CONTENT["t2icmp"]["real"])
-    splits = {"imagen many": (norm, "imagen", False), "imagen few": (norm, "imagen", True),
-              "t2icmp many": (norm, "t2icmp", False), "t2icmp native": (native, "t2icmp", False)}
     t0 = time.perf_counter()
-    per_split: dict[str, dict[str, list]] = {}
-    for split, (data, group, few) in splits.items():
-        for seed in range(args.seeds):
-            d = G.content_draw(data, group, seed, args.shots, few=few)
-            for name, fig in draw_figures(d, seed, backbone, extractor).items():
-                per_split.setdefault(split, {}).setdefault(name, []).append(fig | {"criterion": G.criterion(fig)})
-            print(split, seed, {n: round(v[-1]["criterion"], 3) for n, v in per_split[split].items()}, flush=True)
-    summary = {sp: {n: G.summarise(v) for n, v in c.items()} for sp, c in per_split.items()}
-    design = {n: np.mean([summary[sp][n]["criterion"]["mean"] for sp in ("imagen many", "imagen few")]) for n in BANDS}
-    auc = {n: np.mean([summary[sp][n]["verification_auc"]["mean"] for sp in ("imagen many", "imagen few")])
-           for n in BANDS}
+    per_split, summary = G.run_refit_study(G.refit_splits(norm), args.seeds, args.shots,
+                                           lambda d, seed: draw_figures(d, seed, backbone, extractor))
+    design, auc = G.design_mean(summary, "criterion"), G.design_mean(summary, "verification_auc")
     base = "shipped (4-10)"
     passing = [n for n in BANDS if n != base and design[n] >= design[base] + 0.01 and auc[n] >= auc[base]]
-    keys = ["verification_auc", "open_set_auroc", "closed_set_accuracy", "known_correct", "unknown_rejected",
-            "real_accepted", "criterion"]
-    for sp, cands in summary.items():
-        print(sp)
-        for n, s in cands.items():
-            print(f"  {n:16s} " + " ".join(f"{k} {v}" for k, v in G.mean_std(s, keys).items()))
+    G.print_summary(summary, ["verification_auc", "open_set_auroc", "closed_set_accuracy", "known_correct",
+                              "unknown_rejected", "real_accepted", "criterion"])
     print("imagen criterion:", {n: round(v, 4) for n, v in design.items()}, "passing:", passing or "none")
     if args.out:
         args.out.write_text(json.dumps({"command": " ".join(sys.argv), "bands": {n: list(b) for n, b in BANDS.items()},
                                         "imagen_criterion": design, "imagen_verification_auc": auc,
                                         "passing": passing, "per_split": summary, "rows": per_split,
                                         "seconds": time.perf_counter() - t0}, indent=1))
-
 
 if __name__ == "__main__":
     main()

@@ -480,6 +480,54 @@ def content_study():
     return data, backbone, FeatureExtractor(backbone)
 
 
+def model_rows(model, trunk, paths) -> dict:
+    """path -> what ``occ.attribution`` reports of it (raw scores, thresholds, the source named), from the
+    joint ``model``'s decisions on the rows of ``trunk`` (the trunk outputs of ``paths``): what
+    :func:`metrics` reads, for a model refitted with settings the product does not ship."""
+    from types import SimpleNamespace
+
+    dec = model.decide_arrays(model.settings_.rows(trunk.cls_array, trunk.low, trunk.crops))
+    thr = {n: model.calibrations_[n].threshold for n in dec.names}
+    return {str(p): SimpleNamespace(raw=dict(zip(dec.names, dec.raw[i].tolist())), raw_thresholds=thr,
+                                    source=dec.names[dec.named[i]] if dec.named[i] >= 0 else None)
+            for i, p in enumerate(paths)}
+
+
+def refit_splits(norm) -> dict[str, tuple]:
+    """The splits of the refit studies (``crop_bands.py``, ``crop_weight.py``): imagen many and few
+    (selection), t2icmp normalised and at its own 1024 px (report); name -> (data, group, few)."""
+    native = native_devset(CONTENT["t2icmp"]["generators"] + CONTENT["t2icmp"]["real"])
+    return {"imagen many": (norm, "imagen", False), "imagen few": (norm, "imagen", True),
+            "t2icmp many": (norm, "t2icmp", False), "t2icmp native": (native, "t2icmp", False)}
+
+
+def run_refit_study(splits: dict, seeds: int, shots: int, figures) -> tuple[dict, dict]:
+    """(rows, summary) per split and candidate: ``figures(draw, seed)`` gives each candidate's
+    :func:`metrics` of one draw; the criterion is added to each."""
+    per_split: dict[str, dict[str, list]] = {}
+    for split, (data, group, few) in splits.items():
+        for seed in range(seeds):
+            d = content_draw(data, group, seed, shots, few=few)
+            for name, fig in figures(d, seed).items():
+                per_split.setdefault(split, {}).setdefault(name, []).append(fig | {"criterion": criterion(fig)})
+            print(split, seed, {n: round(v[-1]["criterion"], 3) for n, v in per_split[split].items()}, flush=True)
+    return per_split, {sp: {n: summarise(v) for n, v in c.items()} for sp, c in per_split.items()}
+
+
+def print_summary(summary: dict, keys) -> None:
+    """Each split's candidates with the mean +- std of ``keys``."""
+    for sp, cands in summary.items():
+        print(sp)
+        for n, c in cands.items():
+            print(f"  {n:16s} " + " ".join(f"{k} {v}" for k, v in mean_std(c, keys).items()))
+
+
+def design_mean(summary: dict, key: str) -> dict[str, float]:
+    """candidate -> the mean of ``key`` over the imagen splits of a refit study's summary."""
+    design = ("imagen many", "imagen few")
+    return {n: float(np.mean([summary[sp][n][key]["mean"] for sp in design])) for n in summary[design[0]]}
+
+
 def use_bank(folder: Path) -> None:
     """Read the non-target bank from ``folder`` (a folder with its own PROVENANCE.csv) from now on."""
     import occ.negatives as negatives
