@@ -226,7 +226,8 @@ def test_full_disk_during_enroll_and_set_threshold(w, tmp_path, monkeypatch) -> 
         # (images no source was trained on: an overlap with 'a' would be refused before any write)
         (clikit.enroll_args("new", w.a_test, reg, w.backbone), "saving source 'new'"),
         (["sources", "set-threshold", "a", "--far", "0.3", "--registry", reg], "saving source 'a'"),
-        (["import", archive, "--as", "b2", "--registry", reg], "saving source 'b2'"),
+        # (a copy of 'b' under another name: refused as an overlap before any write unless allowed)
+        (["import", archive, "--as", "b2", "--allow-overlap", "--registry", reg], "saving source 'b2'"),
     ]
     for args, needle in commands:
         run = invoke(*args)
