@@ -33,6 +33,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import devset as D  # noqa: E402
+from generalise import write_provenance  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 OLD_REF = "8b34029"  # the last commit with the 261-photo bank
@@ -51,10 +52,7 @@ def old_bank(ref: str, work: Path, keep: set[str] | None = None) -> Path:
         with (folder / "PROVENANCE.csv").open(newline="") as f:
             reader = csv.DictReader(f)
             fields, rows = reader.fieldnames, [r for r in reader if r["path_in_package"] in keep]
-        with (folder / "PROVENANCE.csv").open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=fields)
-            writer.writeheader()
-            writer.writerows(rows)
+        write_provenance(folder, fields, rows)
     return folder
 
 

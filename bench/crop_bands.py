@@ -84,5 +84,6 @@ def main() -> None:
                                         "passing": passing, "per_split": summary, "rows": per_split,
                                         "seconds": time.perf_counter() - t0}, indent=1))
 
+
 if __name__ == "__main__":
     main()

@@ -114,5 +114,6 @@ def main() -> None:
                                         "passing": passing, "passing_rule_2": passing_2, "per_split": summary,
                                         "rows": per_split, "seconds": time.perf_counter() - t0}, indent=1))
 
+
 if __name__ == "__main__":
     main()

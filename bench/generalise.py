@@ -542,6 +542,14 @@ def use_bank(folder: Path) -> None:
 BANK_HOLDOUTS = ("gcompris-qt-data", "gimp-help-en", "opencv-doc", "other packages")
 
 
+def write_provenance(folder: Path, fields, rows) -> None:
+    """Make ``folder``'s PROVENANCE.csv list ``rows`` alone (the bank's files are the ones it lists)."""
+    with (folder / "PROVENANCE.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
 def bank_holdouts(work: Path) -> dict[str, tuple[Path, list[Path]]]:
     """Per fold of :data:`BANK_HOLDOUTS`: (a bank folder in ``work`` holding the shipped bank less that
     fold's files, the fold's files in the shipped bank). Copies keep their bytes, so the feature cache
@@ -565,10 +573,7 @@ def bank_holdouts(work: Path) -> dict[str, tuple[Path, list[Path]]]:
         kept = [r for r in rows if r not in held]
         for r in kept:
             shutil.copyfile(shipped / r["file"], folder / r["file"])
-        with (folder / "PROVENANCE.csv").open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=fields)
-            writer.writeheader()
-            writer.writerows(kept)
+        write_provenance(folder, fields, kept)
         out[fold] = (folder, sorted(shipped / r["file"] for r in held))
     return out
 
@@ -588,9 +593,8 @@ def held_out_bank_accepts(registry, backbone, extractor, candidates: dict, holdo
             use_bank(folder)
             trunk = extractor.load(files, (), crops=True).trunk
             for name, settings in candidates.items():
-                model = refit(registry, backbone, extractor=extractor, settings=settings)
-                x = model.settings_.rows(trunk.cls_array, trunk.low, trunk.crops)
-                out[name][fold] = float((model.decide_arrays(x).named >= 0).mean())
+                rows = model_rows(refit(registry, backbone, extractor=extractor, settings=settings), trunk, files)
+                out[name][fold] = float(np.mean([r.source is not None for r in rows.values()]))
     finally:
         use_bank(shipped)
     return out
