@@ -194,10 +194,11 @@ def _shots_from(items, prompts, n, used: set) -> list:
     return picked
 
 
-def content_draw(data, group, seed, shots_n, few=False):
+def content_draw(data, group, seed, shots_n, few=False, real=None):
     """A content-matched draw (see the module doc): three of the group's generators enrolled, the
     fourth unknown; shots from prompts shared by every enrolled source ("many") or from each source's
-    largest prompt groups ("few"); test images from prompts that no shot used."""
+    largest prompt groups ("few"); test images from prompts that no shot used. ``real``: the photo sets
+    to decide, the group's own (``CONTENT``) by default."""
     rng = np.random.default_rng(seed)
     gens = CONTENT[group]["generators"]
     unknown = gens[seed % len(gens)]
@@ -216,7 +217,8 @@ def content_draw(data, group, seed, shots_n, few=False):
         for s in known:
             shots[s] = _shots_from(data[s], prompts, shots_n, used)
     tests = {s: [p for p, g in data[s] if g not in used] for s in known}
-    real_kind = {str(p): lab for lab in CONTENT[group]["real"] for p, _ in data[lab] if str(p) not in EXCLUDED}
+    real_kind = {str(p): lab for lab in real or CONTENT[group]["real"] for p, _ in data[lab]
+                 if str(p) not in EXCLUDED}
     return {"known": known, "order": rng.permutation(known).tolist(), "shots": shots, "tests": tests,
             "unknown_gen": [p for p, _ in data[unknown]], "real": [Path(p) for p in real_kind],
             "real_kind": real_kind, "unknown_name": unknown, "split": f"{group} {'few' if few else 'many'}"}
@@ -503,11 +505,12 @@ def refit_splits(norm) -> dict[str, tuple]:
 
 def run_refit_study(splits: dict, seeds: int, shots: int, figures) -> tuple[dict, dict]:
     """(rows, summary) per split and candidate: ``figures(draw, seed)`` gives each candidate's
-    :func:`metrics` of one draw; the criterion is added to each."""
+    :func:`metrics` of one draw; the criterion is added to each. A split is (data, group, few) or
+    (data, group, few, photo sets) (:func:`content_draw`'s ``real``)."""
     per_split: dict[str, dict[str, list]] = {}
-    for split, (data, group, few) in splits.items():
+    for split, (data, group, few, *real) in splits.items():
         for seed in range(seeds):
-            d = content_draw(data, group, seed, shots, few=few)
+            d = content_draw(data, group, seed, shots, few=few, real=real[0] if real else None)
             for name, fig in figures(d, seed).items():
                 per_split.setdefault(split, {}).setdefault(name, []).append(fig | {"criterion": criterion(fig)})
             print(split, seed, {n: round(v[-1]["criterion"], 3) for n, v in per_split[split].items()}, flush=True)
