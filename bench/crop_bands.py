@@ -29,8 +29,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -44,24 +44,6 @@ BANDS = {"shipped (4-10)": DEFAULT_BLOCKS, "1-6": tuple(range(1, 7)), "2-8": tup
          "1-10": tuple(range(1, 11)), "6-12": tuple(range(6, 13))}
 
 
-def draw_figures(d, seed, backbone, extractor) -> dict[str, dict]:
-    from occ.openset import refit
-
-    paths = [p for s in d["known"] for p in d["tests"][s]] + d["unknown_gen"] + d["real"]
-    trunk = extractor.load(paths, (), crops=True).trunk
-    out = {}
-    with tempfile.TemporaryDirectory(prefix="occ-crop-bands-") as tmp:
-        registry, _ = G.enroll_defaults(Path(tmp) / "reg", d, seed, backbone, extractor)
-        for name, band in BANDS.items():
-            model = refit(registry, backbone, extractor=extractor, settings=JointSettings(crop_blocks=band))
-            rows = G.model_rows(model, trunk, paths)
-            if band == DEFAULT_CROP_BLOCKS:
-                G.check_against_product(registry, backbone, extractor, paths,
-                                        [rows[str(p)].source for p in paths], "the shipped band's decisions")
-            out[name] = G.metrics(d, rows)
-    return out
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description="block bands of the crops' evidence")
     ap.add_argument("--seeds", type=int, default=3)
@@ -69,9 +51,11 @@ def main() -> None:
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     norm, backbone, extractor = G.content_study()
+    settings = {n: JointSettings(crop_blocks=b) for n, b in BANDS.items()}
+    product = next(n for n, b in BANDS.items() if b == DEFAULT_CROP_BLOCKS)
     t0 = time.perf_counter()
-    per_split, summary = G.run_refit_study(G.refit_splits(norm), args.seeds, args.shots,
-                                           lambda d, seed: draw_figures(d, seed, backbone, extractor))
+    figures = partial(G.refit_figures, backbone=backbone, extractor=extractor, candidates=settings, product=product)
+    per_split, summary = G.run_refit_study(G.refit_splits(norm), args.seeds, args.shots, figures)
     design, auc = G.design_mean(summary, "criterion"), G.design_mean(summary, "verification_auc")
     base = "shipped (4-10)"
     passing = [n for n in BANDS if n != base and design[n] >= design[base] + 0.01 and auc[n] >= auc[base]]

@@ -38,6 +38,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -67,26 +68,6 @@ CANDIDATES = {"shipped": JointSettings(), "dims 384": JointSettings(dims=384), "
               "crop weight 2": CropWeighed(crop_weight=2.0)}
 
 
-def draw_figures(d, seed, backbone, extractor, holdouts) -> dict[str, dict]:
-    from occ.openset import refit
-
-    paths = [p for s in d["known"] for p in d["tests"][s]] + d["unknown_gen"] + d["real"]
-    trunk = extractor.load(paths, (), crops=True).trunk
-    out = {}
-    with tempfile.TemporaryDirectory(prefix="occ-crop-weight-") as tmp:
-        registry, _ = G.enroll_defaults(Path(tmp) / "reg", d, seed, backbone, extractor)
-        for name, settings in CANDIDATES.items():
-            rows = G.model_rows(refit(registry, backbone, extractor=extractor, settings=settings), trunk, paths)
-            if name == "shipped":
-                G.check_against_product(registry, backbone, extractor, paths,
-                                        [rows[str(p)].source for p in paths], "the shipped rows' decisions")
-            out[name] = G.metrics(d, rows)
-        for name, folds in G.held_out_bank_accepts(registry, backbone, extractor, CANDIDATES, holdouts).items():
-            out[name] |= {f"held_out_bank_accepted:{f}": v for f, v in folds.items()}
-            out[name]["held_out_bank_accepted"] = float(np.mean(list(folds.values())))
-    return out
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description="the crops' weight and the principal directions")
     ap.add_argument("--seeds", type=int, default=3)
@@ -97,8 +78,9 @@ def main() -> None:
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="occ-crop-weight-bank-") as work:
         holdouts = G.bank_holdouts(Path(work))
-        per_split, summary = G.run_refit_study(G.refit_splits(norm), args.seeds, args.shots,
-                                               lambda d, seed: draw_figures(d, seed, backbone, extractor, holdouts))
+        figures = partial(G.refit_figures, backbone=backbone, extractor=extractor, candidates=CANDIDATES,
+                          product="shipped", holdouts=holdouts)
+        per_split, summary = G.run_refit_study(G.refit_splits(norm), args.seeds, args.shots, figures)
     design, auc = G.design_mean(summary, "criterion"), G.design_mean(summary, "verification_auc")
     bank = G.design_mean(summary, "held_out_bank_accepted")
     passing = [n for n in CANDIDATES if n != "shipped" and design[n] >= design["shipped"] + 0.01

@@ -603,6 +603,31 @@ def held_out_bank_accepts(registry, backbone, extractor, candidates: dict, holdo
     return out
 
 
+def refit_figures(d, seed, backbone, extractor, candidates: dict, product: str, holdouts=None) -> dict[str, dict]:
+    """candidate -> :func:`metrics` of draw ``d``: its sources enrolled with occ's defaults, the joint model
+    refitted with each candidate's :class:`occ.openset.JointSettings` and deciding the test images; the
+    ``product`` candidate's names are checked against ``occ.attribution``'s. With ``holdouts``
+    (:func:`bank_holdouts`), each candidate also gets ``held_out_bank_accepted`` (mean over the folds)."""
+    from occ.openset import refit
+
+    paths = [p for s in d["known"] for p in d["tests"][s]] + d["unknown_gen"] + d["real"]
+    trunk = extractor.load(paths, (), crops=True).trunk
+    out = {}
+    with tempfile.TemporaryDirectory(prefix="occ-refit-") as tmp:
+        registry, _ = enroll_defaults(Path(tmp) / "reg", d, seed, backbone, extractor)
+        for name, settings in candidates.items():
+            rows = model_rows(refit(registry, backbone, extractor=extractor, settings=settings), trunk, paths)
+            if name == product:
+                check_against_product(registry, backbone, extractor, paths, [rows[str(p)].source for p in paths],
+                                      f"the {product} rows' decisions")
+            out[name] = metrics(d, rows)
+        if holdouts is not None:
+            for name, folds in held_out_bank_accepts(registry, backbone, extractor, candidates, holdouts).items():
+                out[name] |= {f"held_out_bank_accepted:{f}": v for f, v in folds.items()}
+                out[name]["held_out_bank_accepted"] = float(np.mean(list(folds.values())))
+    return out
+
+
 def exclude_content_bank_copies() -> None:
     """Leave out of every content-matched draw the photos that copy an image of the bank in use
     (:func:`bank_copies` of the content groups' photo sets, added to :data:`EXCLUDED`)."""

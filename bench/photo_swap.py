@@ -36,8 +36,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -54,23 +54,6 @@ CANDIDATES = {"shipped": JointSettings(), "dims 384": JointSettings(dims=384), "
               "crop weight 1.4": CW.CropWeighed(crop_weight=1.4)}
 
 
-def draw_figures(d, seed, backbone, extractor) -> dict[str, dict]:
-    from occ.openset import refit
-
-    paths = [p for s in d["known"] for p in d["tests"][s]] + d["unknown_gen"] + d["real"]
-    trunk = extractor.load(paths, (), crops=True).trunk
-    out = {}
-    with tempfile.TemporaryDirectory(prefix="occ-photo-swap-") as tmp:
-        registry, _ = G.enroll_defaults(Path(tmp) / "reg", d, seed, backbone, extractor)
-        for name, settings in CANDIDATES.items():
-            rows = G.model_rows(refit(registry, backbone, extractor=extractor, settings=settings), trunk, paths)
-            if name == "shipped":
-                G.check_against_product(registry, backbone, extractor, paths,
-                                        [rows[str(p)].source for p in paths], "the shipped rows' decisions")
-            out[name] = G.metrics(d, rows)
-    return out
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description="design on the polished photos, report on the others")
     ap.add_argument("--seeds", type=int, default=3)
@@ -85,8 +68,8 @@ def main() -> None:
     native = norm | G.native_devset(DESIGN_PHOTOS)
     splits |= {f"imagen {k} native photos": (native, "imagen", few, DESIGN_PHOTOS)
                for k, few in (("many", False), ("few", True))}
-    per_split, summary = G.run_refit_study(splits, args.seeds, args.shots,
-                                           lambda d, seed: draw_figures(d, seed, backbone, extractor))
+    figures = partial(G.refit_figures, backbone=backbone, extractor=extractor, candidates=CANDIDATES, product="shipped")
+    per_split, summary = G.run_refit_study(splits, args.seeds, args.shots, figures)
     design, auc = G.design_mean(summary, "criterion"), G.design_mean(summary, "verification_auc")
     photos = G.design_mean(summary, "real_accepted")
     native_photos = {n: float(np.mean([summary[f"imagen {k} native photos"][n]["real_accepted"]["mean"]
