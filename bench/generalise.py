@@ -603,24 +603,41 @@ def held_out_bank_accepts(registry, backbone, extractor, candidates: dict, holdo
     return out
 
 
-def refit_figures(d, seed, backbone, extractor, candidates: dict, product: str, holdouts=None) -> dict[str, dict]:
+def refit_figures(d, seed, backbone, extractor, candidates: dict, product: str, holdouts=None,
+                  launder: bool = False) -> dict[str, dict]:
     """candidate -> :func:`metrics` of draw ``d``: its sources enrolled with occ's defaults, the joint model
     refitted with each candidate's :class:`occ.openset.JointSettings` and deciding the test images; the
     ``product`` candidate's names are checked against ``occ.attribution``'s. With ``holdouts``
-    (:func:`bank_holdouts`), each candidate also gets ``held_out_bank_accepted`` (mean over the folds)."""
+    (:func:`bank_holdouts`), each candidate also gets ``held_out_bank_accepted`` (mean over the folds); with
+    ``launder``, ``own_accept_clean`` and ``own_accept_<perturbation>`` for ``jpeg:75`` and ``resize:0.5``
+    (what :func:`own_accept` reads of the product's decisions)."""
     from occ.openset import refit
+    from occ.perturb import parse_perturb_spec
 
-    paths = [p for s in d["known"] for p in d["tests"][s]] + d["unknown_gen"] + d["real"]
+    known = [(s, p) for s in d["known"] for p in d["tests"][s]]
+    paths = [p for _, p in known] + d["unknown_gen"] + d["real"]
     trunk = extractor.load(paths, (), crops=True).trunk
+    views = {}  # the sources' own test images, clean and laundered
+    if launder:
+        views["clean"] = trunk.select(list(range(len(known))))
+        for t in parse_perturb_spec("jpeg:75,resize:0.5"):
+            views[t.label] = extractor.load([p for _, p in known], (), transform=t, crops=True).trunk
+            if len(views[t.label].cls_array) != len(known):
+                raise RuntimeError(f"some of the sources' test images could not be read through {t.label}")
     out = {}
     with tempfile.TemporaryDirectory(prefix="occ-refit-") as tmp:
         registry, _ = enroll_defaults(Path(tmp) / "reg", d, seed, backbone, extractor)
         for name, settings in candidates.items():
-            rows = model_rows(refit(registry, backbone, extractor=extractor, settings=settings), trunk, paths)
+            model = refit(registry, backbone, extractor=extractor, settings=settings)
+            rows = model_rows(model, trunk, paths)
             if name == product:
                 check_against_product(registry, backbone, extractor, paths, [rows[str(p)].source for p in paths],
                                       f"the {product} rows' decisions")
             out[name] = metrics(d, rows)
+            for label, t in views.items():
+                accepts = model.decide_arrays(model.settings_.rows(t.cls_array, t.low, t.crops)).accepts
+                col = [model.names_.index(s) for s, _ in known]
+                out[name][f"own_accept_{label}"] = float(np.mean(accepts[np.arange(len(known)), col]))
         if holdouts is not None:
             for name, folds in held_out_bank_accepts(registry, backbone, extractor, candidates, holdouts).items():
                 out[name] |= {f"held_out_bank_accepted:{f}": v for f, v in folds.items()}

@@ -73,6 +73,9 @@ DEFAULT_MIN_MARGIN: float | None = 0.0  # chosen on the protocol's validation fo
 # L2 strength of the discriminative log-odds (point 3); None: the discriminant margins. Chosen on the
 # content-matched validation split of bench/generalise.py (imagen-*), among None, 1 and 0.1
 DEFAULT_DISCRIMINATIVE: float | None = 0.1
+# whether the laundered views of the training images are fitted on (True) or only scored held-out, for
+# the thresholds (False); bench/view_fit.py measures both
+DEFAULT_FIT_VIEWS = True
 
 
 @dataclass
@@ -95,6 +98,12 @@ class ClassRows:
     @property
     def n_images(self) -> int:
         return len(np.unique(self.image_ids))
+
+    def first_rows(self) -> np.ndarray:
+        """(n,) bool: the first row of each image (its own evidence; the laundered views follow it)."""
+        first = np.zeros(len(self), bool)
+        first[np.unique(self.image_ids, return_index=True)[1]] = True
+        return first
 
 
 @dataclass
@@ -353,7 +362,8 @@ class JointModel:
 
     def __init__(self, dims: int = DEFAULT_DIMS, folds: int = DEFAULT_FOLDS, seed: int = 0,
                  min_margin: float | None = DEFAULT_MIN_MARGIN, discriminative: float | None = DEFAULT_DISCRIMINATIVE,
-                 stream: Stream | None = None, scale_from: int | None = LARGE_SOURCES):
+                 stream: Stream | None = None, scale_from: int | None = LARGE_SOURCES,
+                 fit_views: bool = DEFAULT_FIT_VIEWS):
         self.dims = int(dims)
         self.folds = int(folds)
         self.seed = int(seed)
@@ -361,6 +371,7 @@ class JointModel:
         self.discriminative = None if discriminative is None else float(discriminative)
         self.stream = stream
         self.scale_from = None if scale_from is None else int(scale_from)
+        self.fit_views = bool(fit_views)
 
     def _floored(self, calibration: Calibration) -> Calibration:
         """``calibration`` with its threshold raised to ``min_margin`` where it lies below."""
@@ -384,11 +395,14 @@ class JointModel:
         rng = np.random.default_rng(self.seed)
         k = max(2, min(self.folds, min(c.n_images for c in classes)))
         fold_of = _folds(classes, k, rng)
+        # the rows fitted on: every row, or with fit_views off each image's own (first) row; held-out
+        # scores always cover every row, laundered views included
+        fitted = [np.ones(len(c), bool) if self.fit_views else c.first_rows() for c in classes]
         self.scaled_ = self.scale_from is not None and len(names) > self.scale_from
         if self.scaled_:
-            held, held_dist = self._fit_scaled(classes, fold_of, k)
+            held, held_dist = self._fit_scaled(classes, fold_of, fitted, k)
         else:
-            held, held_dist = self._fit_regression(classes, fold_of, k)
+            held, held_dist = self._fit_regression(classes, fold_of, fitted, k)
         self.names_ = names
         self.calibrations_ = {}
         for si, name in enumerate(names):
@@ -402,19 +416,22 @@ class JointModel:
         self.n_rows_ = {n: len(c) for n, c in zip(names + ["non-target"], classes)}
         return self
 
-    def _fit_regression(self, classes: Sequence[ClassRows], fold_of: list[np.ndarray], k: int):
-        """Points 1-5: geometry and log-odds refitted on every fold; (held-out raw scores per class, held-out
-        distances of each source's rows to its centre)."""
+    def _fit_regression(self, classes: Sequence[ClassRows], fold_of: list[np.ndarray], fitted: list[np.ndarray],
+                        k: int):
+        """Points 1-5: geometry and log-odds refitted on every fold, from the ``fitted`` rows of each class;
+        (held-out raw scores per class, held-out distances of each source's rows to its centre)."""
         sources = classes[:-1]
         held = [np.zeros((len(c), len(sources))) for c in classes]
         held_dist = [np.zeros(len(c)) for c in sources]
-        self.geometry_ = fit_geometry(classes, self.dims, self.seed, self.stream)
-        self.log_odds_ = fit_log_odds(self.geometry_, classes, self.discriminative)
+        final = [ClassRows(c.features[m], c.image_ids[m]) for c, m in zip(classes, fitted)]
+        self.geometry_ = fit_geometry(final, self.dims, self.seed, self.stream)
+        self.log_odds_ = fit_log_odds(self.geometry_, final, self.discriminative)
         # a large registry's folds start their regressions from the final fit (fit_log_odds); a small one's
         # start cold, as they always did: their refit costs seconds, and their decisions stay as they were
-        start = (self.geometry_, self.log_odds_) if sum(len(c) for c in classes) > GRAM_ROWS else None
+        start = (self.geometry_, self.log_odds_) if sum(len(c) for c in final) > GRAM_ROWS else None
         for f in range(k):
-            train = [ClassRows(c.features[fo != f], c.image_ids[fo != f]) for c, fo in zip(classes, fold_of)]
+            train = [ClassRows(c.features[(fo != f) & m], c.image_ids[(fo != f) & m])
+                     for c, fo, m in zip(classes, fold_of, fitted)]
             geometry = fit_geometry(train, self.dims, self.seed, self.stream)
             odds = fit_log_odds(geometry, train, self.discriminative, start)
             for ci, (c, fo) in enumerate(zip(classes, fold_of)):
@@ -424,21 +441,23 @@ class JointModel:
                         held_dist[ci][fo == f] = geometry.distances(c.features[fo == f])[:, ci]
         return held, held_dist
 
-    def _fit_scaled(self, classes: Sequence[ClassRows], fold_of: list[np.ndarray], k: int):
+    def _fit_scaled(self, classes: Sequence[ClassRows], fold_of: list[np.ndarray], fitted: list[np.ndarray],
+                    k: int):
         """Point 7: one basis (:func:`fit_basis`) for the final fit and every fold, the discriminant's
-        margins, and per fold only the class centres and the pooled covariance refitted; returns what
-        :meth:`_fit_regression` does."""
+        margins, and per fold only the class centres and the pooled covariance refitted, from the ``fitted``
+        rows; returns what :meth:`_fit_regression` does."""
         n_sources = len(classes) - 1
-        basis = fit_basis(classes, self.dims, self.seed, self.stream)
+        basis = fit_basis([ClassRows(c.features[m], c.image_ids[m]) for c, m in zip(classes, fitted)],
+                          self.dims, self.seed, self.stream)
         coords = [basis.project(c.features).astype(np.float64) for c in classes]
-        centres, white = _shared_whitening(coords)
+        centres, white = _shared_whitening([z[m] for z, m in zip(coords, fitted)])
         self.geometry_ = Geometry(basis.mean, (basis.proj.astype(np.float64) @ white).astype(np.float32),
                                   (centres @ white).astype(np.float32))
         self.log_odds_ = fit_log_odds(self.geometry_, classes, None)
         held = [np.zeros((len(c), n_sources)) for c in classes]
         held_dist = [np.zeros(len(c)) for c in classes[:-1]]
         for f in range(k):
-            centres, white = _shared_whitening([z[fo != f] for z, fo in zip(coords, fold_of)])
+            centres, white = _shared_whitening([z[(fo != f) & m] for z, fo, m in zip(coords, fold_of, fitted)])
             geometry = Geometry(basis.mean, basis.proj, (centres @ white).astype(np.float32))
             odds = fit_log_odds(geometry, classes, None)
             out = [fo == f for fo in fold_of]
@@ -510,7 +529,8 @@ class JointModel:
             calibrations[n] = c.to_dict(scores=False)
         meta = {"dims": self.dims, "folds": self.folds, "seed": self.seed, "min_margin": self.min_margin,
                 "discriminative": self.discriminative, "stream": self.stream and self.stream.to_dict(),
-                "scale_from": self.scale_from, "scaled": self.scaled_, "names": list(self.names_),
+                "scale_from": self.scale_from, "fit_views": self.fit_views, "scaled": self.scaled_,
+                "names": list(self.names_),
                 "calibrations": calibrations, "radii": dict(self.radii_),
                 "n_rows": dict(self.n_rows_)}
         return tensors, meta
@@ -519,7 +539,7 @@ class JointModel:
     def from_saved(cls, tensors: Mapping[str, np.ndarray], meta: Mapping) -> JointModel:
         stream = Stream(**meta["stream"]) if meta.get("stream") else None
         model = cls(meta["dims"], meta["folds"], meta["seed"], meta["min_margin"], meta["discriminative"], stream,
-                    meta.get("scale_from", LARGE_SOURCES))
+                    meta.get("scale_from", LARGE_SOURCES), meta.get("fit_views", True))
         model.names_ = list(meta["names"])
         model.scaled_ = bool(meta.get("scaled", False))
         mean, proj, centres, weight, bias = (np.asarray(tensors[k], dtype=np.float32)

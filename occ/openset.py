@@ -48,7 +48,15 @@ from occ.evidence import (
     evidence,
     training_views,
 )
-from occ.joint import DEFAULT_DIMS, DEFAULT_DISCRIMINATIVE, DEFAULT_MIN_MARGIN, ClassRows, JointModel, Stream
+from occ.joint import (
+    DEFAULT_DIMS,
+    DEFAULT_DISCRIMINATIVE,
+    DEFAULT_FIT_VIEWS,
+    DEFAULT_MIN_MARGIN,
+    ClassRows,
+    JointModel,
+    Stream,
+)
 from occ.lowlevel import DIMS as LOW_DIMS
 from occ.negatives import bank_paths
 
@@ -104,6 +112,7 @@ class JointSettings:
     low_weight: float | None = DEFAULT_LOW_WEIGHT  # the low-level stream's weight; None: CLIP evidence alone
     crops: bool = DEFAULT_CROPS  # the native-resolution crops' evidence beside the main view's
     crop_blocks: tuple[int, ...] | None = None  # the blocks the crops' evidence reads; None: default_crop_blocks
+    fit_views: bool = DEFAULT_FIT_VIEWS  # the laundered views fitted on, or only scored for the thresholds
 
     def resolved(self, backbone: Backbone) -> JointSettings:
         blocks = default_blocks(backbone.num_layers) if self.blocks is None else tuple(self.blocks)
@@ -113,7 +122,7 @@ class JointSettings:
     def to_dict(self) -> dict:
         return {"dims": self.dims, "blocks": list(self.blocks), "bank_views": self.bank_views, "seed": self.seed,
                 "min_margin": self.min_margin, "discriminative": self.discriminative, "low_weight": self.low_weight,
-                "crops": self.crops, "crop_blocks": list(self.crop_blocks)}
+                "crops": self.crops, "crop_blocks": list(self.crop_blocks), "fit_views": self.fit_views}
 
     @property
     def stream(self) -> Stream | None:
@@ -284,7 +293,8 @@ def _fit(sources: dict, backbone: Backbone, extractor, settings: JointSettings,
     try:
         model = JointModel(settings.dims, seed=settings.seed, min_margin=settings.min_margin,
                            discriminative=settings.discriminative, stream=settings.stream,
-                           scale_from=joint.LARGE_SOURCES).fit(classes, nontarget, far=far, target_tpr=tpr)
+                           scale_from=joint.LARGE_SOURCES, fit_views=settings.fit_views)
+        model.fit(classes, nontarget, far=far, target_tpr=tpr)
     except ValueError as exc:
         raise RegistryError(f"cannot fit the joint model of the registry: {first_line(exc)}") from None
     model.settings_ = settings
@@ -370,6 +380,7 @@ def _stored(registry, fingerprint: str) -> tuple[JointModel, dict] | None:
             manifest["without_crops"] = sorted(manifest["sources"])
         if "crop_blocks" not in manifest["settings"]:  # stored when the crops read the main view's blocks
             manifest["settings"]["crop_blocks"] = list(manifest["settings"]["blocks"])
+        manifest["settings"].setdefault("fit_views", True)  # stored when every view was fitted on
         return _tagged(model, manifest, JointSettings(**manifest["settings"])), manifest
     except Exception:  # damaged or from another version: it is derived data, refitted on demand
         return None

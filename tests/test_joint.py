@@ -362,3 +362,36 @@ def test_scalable_fit_is_a_function_of_the_set_and_reloads():
     other = JointModel(dims=24, scale_from=5).fit({n: c for n, c in sources.items() if n != "s03"}, nontarget)
     assert other.names_ == [n for n in a.names_ if n != "s03"]
     assert not np.array_equal(other.margins(x)[:, 0], a.margins(x)[:, 0])  # every source sees the others
+
+
+def _with_views(c: ClassRows, rng, views=2, shift=1.5) -> ClassRows:
+    """``c`` with ``views`` laundered copies of every image after its own rows (as occ.openset.view_rows
+    stacks them): each copy moved by one shared offset plus noise, like a re-encoded image."""
+    d = c.features.shape[1]
+    offset = rng.normal(0, shift / np.sqrt(d), d)
+    copies = [c.features + offset + rng.normal(0, 0.3, c.features.shape) for _ in range(views)]
+    return ClassRows(np.concatenate([c.features, *copies]), np.tile(c.image_ids, views + 1))
+
+
+@pytest.mark.parametrize("scale_from", [None, 1])
+def test_fit_views_off_fits_each_images_own_row_and_scores_every_row(scale_from):
+    sources, nontarget, centres, rng = _blobs(4)
+    viewed = {n: _with_views(c, rng) for n, c in sources.items()}
+    viewed_neg = _with_views(nontarget, rng)
+    assert viewed["s0"].first_rows().sum() == len(sources["s0"]) and viewed["s0"].first_rows()[:12].all()
+    off = JointModel(dims=16, scale_from=scale_from, fit_views=False).fit(viewed, viewed_neg)
+    own = JointModel(dims=16, scale_from=scale_from).fit(sources, nontarget)
+    on = JointModel(dims=16, scale_from=scale_from).fit(viewed, viewed_neg)
+    assert off.scaled_ == (scale_from is not None)
+    x = rng.normal(0, 3, (40, centres.shape[1]))
+    # the fit is that of the images' own rows: the same margins as a model of those rows alone ...
+    np.testing.assert_allclose(off.margins(x), own.margins(x), rtol=1e-4, atol=1e-4)
+    assert not np.allclose(off.margins(x), on.margins(x), rtol=1e-3, atol=1e-3)  # (the copies move a full fit)
+    # ... while every row, the copies included, is scored held-out for the thresholds
+    for name in off.names_:
+        assert len(off.calibrations_[name].pos_scores) == len(viewed[name]) == 3 * len(sources[name])
+        assert len(own.calibrations_[name].pos_scores) == len(sources[name])
+    assert any(off.calibrations_[n].threshold != own.calibrations_[n].threshold for n in off.names_)
+    again = JointModel.from_saved(*off.to_saved())
+    assert again.fit_views is False
+    np.testing.assert_array_equal(again.decide_arrays(x).raw, off.decide_arrays(x).raw)
