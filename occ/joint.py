@@ -28,7 +28,9 @@ over every class and shrunk with Ledoit-Wolf). Concretely:
    held-out target rows are its own, the held-out non-target rows are those of the non-target class
    **and of every other source**, so each source is a non-target for every other
    (:class:`occ.calibration.Calibration`, the stricter of the FAR and TPR rules). Held-out rows
-   include the laundered training views, so a threshold keeps its meaning on re-encoded copies;
+   include the laundered training views, so a threshold keeps its meaning on re-encoded copies (the
+   views are fitted on too; with ``fit_views`` off, only scored: ``bench/view_fit.py`` measured that
+   clean images are then named better and re-encoded ones rejected, so it is not the default);
 6. the decision for an image: the source with the largest raw score is named if its score reaches
    its threshold and the image lies no farther from that source's centre than 99 % of the source's
    own held-out images; otherwise the answer is unknown. (Log-odds are linear, so they grow without
