@@ -26,7 +26,6 @@ decide nothing.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -45,10 +44,7 @@ BANDS = {"shipped (4-10)": DEFAULT_BLOCKS, "1-6": tuple(range(1, 7)), "2-8": tup
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description="block bands of the crops' evidence")
-    ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--shots", type=int, default=10)
-    ap.add_argument("--out", type=Path)
+    ap = G.study_parser("block bands of the crops' evidence")
     args = ap.parse_args()
     norm, backbone, extractor = G.content_study()
     settings = {n: JointSettings(crop_blocks=b) for n, b in BANDS.items()}

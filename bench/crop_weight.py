@@ -32,7 +32,6 @@ on every seed; it does track ``dims`` 512's), so nothing is shipped.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
@@ -69,10 +68,7 @@ CANDIDATES = {"shipped": JointSettings(), "dims 384": JointSettings(dims=384), "
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description="the crops' weight and the principal directions")
-    ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--shots", type=int, default=10)
-    ap.add_argument("--out", type=Path)
+    ap = G.study_parser("the crops' weight and the principal directions")
     args = ap.parse_args()
     norm, backbone, extractor = G.content_study()
     t0 = time.perf_counter()

@@ -470,6 +470,15 @@ def check_against_product(registry, backbone, extractor, paths, named, what: str
         raise AssertionError(f"{what} differs from occ.attribution's decisions")
 
 
+def study_parser(description: str) -> argparse.ArgumentParser:
+    """The options of every study of the content-matched draws: ``--seeds``, ``--shots``, ``--out``."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--shots", type=int, default=10)
+    ap.add_argument("--out", type=Path)
+    return ap
+
+
 def content_study():
     """What a study of the content-matched splits starts from: the normalised devset, occ's default
     backbone and a feature extractor over it, with the bank's copies left out of every draw."""

@@ -21,7 +21,6 @@ higher; the best such criterion wins. The report splits are then read beside it.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -67,11 +66,8 @@ def decide(summaries: dict[str, dict], baseline: str) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description="the low-level stream on the content-matched draws")
-    ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--shots", type=int, default=10)
+    ap = G.study_parser("the low-level stream on the content-matched draws")
     ap.add_argument("--baseline", type=Path, help="another version's output of this bench, to decide against")
-    ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     norm, backbone, extractor = G.content_study()
     t0 = time.perf_counter()

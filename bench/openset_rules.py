@@ -31,7 +31,6 @@ candidates do where nothing was chosen; no choice is made on it.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
@@ -145,12 +144,9 @@ def run(data, groups, seeds, shots, backbone, extractor) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description="open-set decision rules on the joint model's outputs")
+    ap = G.study_parser("open-set decision rules on the joint model's outputs")
     ap.add_argument("--groups", nargs="+", default=["imagen"], help="design groups (CONTENT of generalise.py)")
     ap.add_argument("--report", nargs="*", default=[], help="groups run only to show the candidates there")
-    ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--shots", type=int, default=10)
-    ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     data, backbone, extractor = G.content_study()
     t0 = time.perf_counter()

@@ -33,7 +33,6 @@ crop weight 1.4 raised that on every seed. The measure needs polished generators
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -55,10 +54,7 @@ CANDIDATES = {"shipped": JointSettings(), "dims 384": JointSettings(dims=384), "
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description="design on the polished photos, report on the others")
-    ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--shots", type=int, default=10)
-    ap.add_argument("--out", type=Path)
+    ap = G.study_parser("design on the polished photos, report on the others")
     args = ap.parse_args()
     norm, backbone, extractor = G.content_study()
     t0 = time.perf_counter()

@@ -23,7 +23,6 @@ does not widen by more than 0.02.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -47,10 +46,7 @@ def gap(fig: dict) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description="the laundered views fitted on, or only scored")
-    ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--shots", type=int, default=10)
-    ap.add_argument("--out", type=Path)
+    ap = G.study_parser("the laundered views fitted on, or only scored")
     args = ap.parse_args()
     norm, backbone, extractor = G.content_study()
     t0 = time.perf_counter()
