@@ -425,7 +425,7 @@ class JointModel:
         sources = classes[:-1]
         held = [np.zeros((len(c), len(sources))) for c in classes]
         held_dist = [np.zeros(len(c)) for c in sources]
-        final = [ClassRows(c.features[m], c.image_ids[m]) for c, m in zip(classes, fitted)]
+        final = _fitted_rows(classes, fitted)
         self.geometry_ = fit_geometry(final, self.dims, self.seed, self.stream)
         self.log_odds_ = fit_log_odds(self.geometry_, final, self.discriminative)
         # a large registry's folds start their regressions from the final fit (fit_log_odds); a small one's
@@ -449,8 +449,7 @@ class JointModel:
         margins, and per fold only the class centres and the pooled covariance refitted, from the ``fitted``
         rows; returns what :meth:`_fit_regression` does."""
         n_sources = len(classes) - 1
-        basis = fit_basis([ClassRows(c.features[m], c.image_ids[m]) for c, m in zip(classes, fitted)],
-                          self.dims, self.seed, self.stream)
+        basis = fit_basis(_fitted_rows(classes, fitted), self.dims, self.seed, self.stream)
         coords = [basis.project(c.features).astype(np.float64) for c in classes]
         centres, white = _shared_whitening([z[m] for z, m in zip(coords, fitted)])
         self.geometry_ = Geometry(basis.mean, (basis.proj.astype(np.float64) @ white).astype(np.float32),
@@ -558,6 +557,11 @@ class JointModel:
         model.radii_ = {n: float(meta["radii"][n]) for n in model.names_}
         model.n_rows_ = dict(meta.get("n_rows", {}))
         return model
+
+
+def _fitted_rows(classes: Sequence[ClassRows], fitted: Sequence[np.ndarray]) -> list[ClassRows]:
+    """Each class's ``fitted`` rows (the class itself where that is every row: no copy)."""
+    return [c if m.all() else ClassRows(c.features[m], c.image_ids[m]) for c, m in zip(classes, fitted)]
 
 
 def _scores_key(kind: str, name: str) -> str:
