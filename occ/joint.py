@@ -62,6 +62,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from functools import cached_property
 
 import numpy as np
 
@@ -117,8 +118,16 @@ class Geometry:
     centres: np.ndarray  # (K + 1, d); row K is the non-target class
 
     def project(self, x: np.ndarray) -> np.ndarray:
-        """(N, d) whitened projections of evidence rows."""
-        return (np.asarray(x, dtype=np.float32) - self.mean) @ self.proj
+        """(N, d) whitened projections of evidence rows, computed in float64: float32 matrix products
+        round differently with a batch's size and a row's place in it, and moved a cached image's score
+        in its sixth decimal between a batch and another (``tests/test_cli_order.py``); in float64 a row's
+        scores do not depend, to the digits reported, on the rows beside it."""
+        return (np.asarray(x, dtype=np.float64) - self.mean) @ self.proj64
+
+    @cached_property
+    def proj64(self) -> np.ndarray:
+        """:attr:`proj` in float64 (made once per model)."""
+        return self.proj.astype(np.float64)
 
     def margins(self, x: np.ndarray) -> np.ndarray:
         """(N, K) discriminant margins of each source against the non-target class."""
