@@ -492,15 +492,17 @@ def content_study():
 
 
 def model_rows(model, trunk, paths) -> dict:
-    """path -> what ``occ.attribution`` reports of it (raw scores, thresholds, the source named), from the
-    joint ``model``'s decisions on the rows of ``trunk`` (the trunk outputs of ``paths``): what
-    :func:`metrics` reads, for a model refitted with settings the product does not ship."""
+    """path -> what ``occ.attribution`` reports of it (raw scores, thresholds, the source named, the sources
+    that accept it), from the joint ``model``'s decisions on the rows of ``trunk`` (the trunk outputs of
+    ``paths``): what :func:`metrics` and :func:`own_accept` read, for a model refitted with settings the
+    product does not ship."""
     from types import SimpleNamespace
 
     dec = model.decide_arrays(model.settings_.rows(trunk.cls_array, trunk.low, trunk.crops))
     thr = {n: model.calibrations_[n].threshold for n in dec.names}
     return {str(p): SimpleNamespace(raw=dict(zip(dec.names, dec.raw[i].tolist())), raw_thresholds=thr,
-                                    source=dec.names[dec.named[i]] if dec.named[i] >= 0 else None)
+                                    source=dec.names[dec.named[i]] if dec.named[i] >= 0 else None,
+                                    accepted=[n for n, a in zip(dec.names, dec.accepts[i]) if a])
             for i, p in enumerate(paths)}
 
 
@@ -623,16 +625,14 @@ def refit_figures(d, seed, backbone, extractor, candidates: dict, product: str, 
     from occ.openset import refit
     from occ.perturb import parse_perturb_spec
 
-    known = [(s, p) for s in d["known"] for p in d["tests"][s]]
-    paths = [p for _, p in known] + d["unknown_gen"] + d["real"]
+    known = [p for s in d["known"] for p in d["tests"][s]]
+    paths = known + d["unknown_gen"] + d["real"]
     trunk = extractor.load(paths, (), crops=True).trunk
-    views = {}  # the sources' own test images, clean and laundered
-    if launder:
-        views["clean"] = trunk.select(list(range(len(known))))
-        for t in parse_perturb_spec("jpeg:75,resize:0.5"):
-            views[t.label] = extractor.load([p for _, p in known], (), transform=t, crops=True).trunk
-            if len(views[t.label].cls_array) != len(known):
-                raise RuntimeError(f"some of the sources' test images could not be read through {t.label}")
+    laundered = {}  # the sources' own test images after each perturbation
+    for t in parse_perturb_spec("jpeg:75,resize:0.5") if launder else ():
+        laundered[t.label] = extractor.load(known, (), transform=t, crops=True).trunk
+        if len(laundered[t.label].cls_array) != len(known):
+            raise RuntimeError(f"some of the sources' test images could not be read through {t.label}")
     out = {}
     with tempfile.TemporaryDirectory(prefix="occ-refit-") as tmp:
         registry, _ = enroll_defaults(Path(tmp) / "reg", d, seed, backbone, extractor)
@@ -643,10 +643,10 @@ def refit_figures(d, seed, backbone, extractor, candidates: dict, product: str, 
                 check_against_product(registry, backbone, extractor, paths, [rows[str(p)].source for p in paths],
                                       f"the {product} rows' decisions")
             out[name] = metrics(d, rows)
-            for label, t in views.items():
-                accepts = model.decide_arrays(model.settings_.rows(t.cls_array, t.low, t.crops)).accepts
-                col = [model.names_.index(s) for s, _ in known]
-                out[name][f"own_accept_{label}"] = float(np.mean(accepts[np.arange(len(known)), col]))
+            if launder:
+                out[name]["own_accept_clean"] = own_accept(d, rows)
+            for label, t in laundered.items():
+                out[name][f"own_accept_{label}"] = own_accept(d, model_rows(model, t, known))
         if holdouts is not None:
             for name, folds in held_out_bank_accepts(registry, backbone, extractor, candidates, holdouts).items():
                 out[name] |= {f"held_out_bank_accepted:{f}": v for f, v in folds.items()}
