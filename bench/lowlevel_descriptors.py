@@ -41,17 +41,6 @@ CANDIDATES = ["v1", "v1+d1 q1", "v1+d1 q2", "v1+d1 q4", "v1+d2 q1", "v1+d2 q2", 
               "d1 q2+d2 q2+sq q2"]
 
 
-def _cooccurrences(horizontal, vertical, step, t):
-    levels = 2 * t + 1
-    out = []
-    for r, axis in ((horizontal, 1), (vertical, 0)):
-        z = (np.clip(np.round(r / step), -t, t) + t).astype(np.int64)
-        a, b, c = (z[:, :-2], z[:, 1:-1], z[:, 2:]) if axis == 1 else (z[:-2], z[1:-1], z[2:])
-        h = np.bincount(((a * levels + b) * levels + c).ravel(), minlength=levels ** 3).astype(np.float64)
-        out.append(np.sqrt(h / max(h.sum(), 1.0)))
-    return np.concatenate(out)
-
-
 def describe(path) -> dict[str, np.ndarray] | None:
     """Every descriptor of one image (None: too small for the shipped stream)."""
     from occ.images import load_image
@@ -68,9 +57,9 @@ def describe(path) -> dict[str, np.ndarray] | None:
     out = {"v1": L.lowlevel_features(image).astype(np.float64)}
     for q in (1.0, 2.0, 4.0):
         for name, (h, v) in (("d1", d1), ("d2", d2), ("d3", d3), ("sq", (sq, sq))):
-            out[f"{name} q{q:g}"] = _cooccurrences(h, v, q, 2)
-    out["d1 q2 T3"] = _cooccurrences(*d1, 2.0, 3)
-    out["d1 q1 T1"] = _cooccurrences(*d1, 1.0, 1)
+            out[f"{name} q{q:g}"] = L.cooccurrences(h, v, step=q, truncate=2)
+    out["d1 q2 T3"] = L.cooccurrences(*d1, step=2.0, truncate=3)
+    out["d1 q1 T1"] = L.cooccurrences(*d1, step=1.0, truncate=1)
     return out
 
 

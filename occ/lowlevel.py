@@ -55,12 +55,16 @@ def laplacian_residual(grey: np.ndarray) -> np.ndarray:
     return 4 * c - grey[:-2, 1:-1] - grey[2:, 1:-1] - grey[1:-1, :-2] - grey[1:-1, 2:]
 
 
-def cooccurrences(residual: np.ndarray) -> np.ndarray:
-    """Square roots of the frequencies of horizontal and vertical runs of three quantised residuals."""
-    levels = 2 * TRUNCATE + 1
-    z = (np.clip(np.round(residual / STEP), -TRUNCATE, TRUNCATE) + TRUNCATE).astype(np.int64)
+def cooccurrences(horizontal: np.ndarray, vertical: np.ndarray | None = None, step: float = STEP,
+                  truncate: int = TRUNCATE) -> np.ndarray:
+    """Square roots of the frequencies of runs of three residuals rounded to steps of ``step`` and clipped
+    to ``-truncate..truncate``: horizontal runs of ``horizontal``, vertical runs of ``vertical`` (the same
+    residual by default)."""
+    levels = 2 * truncate + 1
     out = []
-    for a, b, c in ((z[:, :-2], z[:, 1:-1], z[:, 2:]), (z[:-2], z[1:-1], z[2:])):
+    for residual, axis in ((horizontal, 1), (horizontal if vertical is None else vertical, 0)):
+        z = (np.clip(np.round(residual / step), -truncate, truncate) + truncate).astype(np.int64)
+        a, b, c = (z[:, :-2], z[:, 1:-1], z[:, 2:]) if axis == 1 else (z[:-2], z[1:-1], z[2:])
         h = np.bincount(((a * levels + b) * levels + c).ravel(), minlength=levels ** 3).astype(np.float64)
         out.append(np.sqrt(h / max(h.sum(), 1.0)))
     return np.concatenate(out)
