@@ -79,6 +79,7 @@ DEFAULT_DISCRIMINATIVE: float | None = 0.1
 # whether the laundered views of the training images are fitted on (True) or only scored held-out, for
 # the thresholds (False); bench/view_fit.py measures both
 DEFAULT_FIT_VIEWS = True
+PROJECT_ROWS = 256  # evidence rows projected at once (Geometry.project)
 
 
 @dataclass
@@ -122,7 +123,13 @@ class Geometry:
         round differently with a batch's size and a row's place in it, and moved a cached image's score
         in its sixth decimal between a batch and another (``tests/test_cli_order.py``); in float64 a row's
         scores do not depend, to the digits reported, on the rows beside it."""
-        return (np.asarray(x, dtype=np.float64) - self.mean) @ self.proj64
+        x = np.asarray(x)
+        out = np.empty((len(x), self.proj.shape[1]))
+        for i in range(0, len(x), PROJECT_ROWS):  # float64 copies of a few rows at a time, not of all of them
+            part = x[i:i + PROJECT_ROWS].astype(np.float64)
+            part -= self.mean
+            out[i:i + PROJECT_ROWS] = part @ self.proj64
+        return out
 
     @cached_property
     def proj64(self) -> np.ndarray:
