@@ -15,6 +15,11 @@ class ImageError(OccError):
         self.reason = reason
         super().__init__(f"{self.path}: {reason}")
 
+    def __reduce__(self):
+        # rebuilt from its two fields: the default would call __init__ with the message alone, so the
+        # error could not cross a process boundary (a worker pool's or Ray's) without failing itself
+        return type(self), (self.path, self.reason)
+
 
 class BackboneError(OccError):
     """The backbone could not be found, fetched, verified or loaded."""

@@ -178,6 +178,19 @@ def test_zero_byte_file(tmp_path):
     assert error.reason == "empty file"
 
 
+def test_image_error_crosses_a_process_boundary(tmp_path):
+    """A worker pool hands a failed file's error back pickled: it must come back whole, not fail itself."""
+    import pickle
+    from concurrent.futures import ProcessPoolExecutor
+
+    bad = write(tmp_path / "empty.png", b"")
+    with ProcessPoolExecutor(1) as pool, pytest.raises(ImageError) as caught:
+        pool.submit(load_image, bad).result()
+    assert caught.value.path == str(bad) and caught.value.reason and str(bad) in str(caught.value)
+    back = pickle.loads(pickle.dumps(caught.value))
+    assert (back.path, back.reason, str(back)) == (caught.value.path, caught.value.reason, str(caught.value))
+
+
 def test_text_named_png(tmp_path):
     error = refused(write(tmp_path / "notes.png", b"just some text\nnot an image\n"))
     assert error.reason == "not an image (unrecognised content)"
