@@ -19,6 +19,14 @@ numpy, from the decoded pixels before any resize:
 That is :data:`DIMS` = 282 numbers per image, deterministic (no randomness), cached beside the trunk's
 features under :data:`VERSION`. The joint model (:mod:`occ.joint`) whitens them on its non-target
 rows and weighs them beside the CLIP evidence; ``bench/generalise.py`` measures what they add.
+
+**JPEG traces** (:func:`jpeg_grid`): JPEG quantises the 2-D DCT of 8 x 8 blocks on a fixed grid, so on
+that grid, and only there, most high-frequency coefficients of a decoded JPEG sit near zero. Over the
+centre window of at most :data:`GRID_WINDOW` pixels, for each of the 64 grid offsets, the share of
+high-frequency coefficients (``u + v >= 5``) under 0.5 in magnitude; the trace is the best offset's share
+minus the second best's. Any crop keeps one offset aligned; content that is smooth everywhere raises
+every offset alike, and an image upscaled by repeating pixels (2x, 4x) raises several offsets alike, so
+neither leaves a trace. ``bench/route_study.py`` reads it on the devset.
 """
 
 from __future__ import annotations
@@ -38,6 +46,13 @@ STEP = 2.0  # quantisation step of the residual, in grey levels
 TRUNCATE = 2  # residual levels -T..T
 DIMS = 2 * (2 * TRUNCATE + 1) ** 3 + RINGS
 MIN_SIDE = TILE + 2  # smaller images give a vector of zeros (no tile fits)
+BLOCK = 8  # JPEG's DCT block side
+GRID_WINDOW = 256  # the largest centre window jpeg_grid reads, per side (native pixels)
+# jpeg_grid at and above which an image carries JPEG traces: about the midpoint between the largest trace of
+# the normalised (lossless) images, 0.015, and the smallest of their JPEG 95-60 copies, 0.025, over 40 images
+# of each of the devset's GAN-era, dif, cpondoc and sdcheat sets (bench/route_study.py's detector table; the
+# look-alike groups and the photo sets decided nothing)
+JPEG_GRID_THRESHOLD = 0.02
 
 
 def centre_window(image: Image.Image, window: int = WINDOW) -> np.ndarray:
@@ -93,3 +108,36 @@ def lowlevel_features(image: Image.Image) -> np.ndarray:
         return np.zeros(DIMS, np.float32)
     residual = laplacian_residual(centre_window(image))
     return np.concatenate([cooccurrences(residual), radial_spectrum(residual)]).astype(np.float32)
+
+
+def _dct_matrix(n: int = BLOCK) -> np.ndarray:
+    """The orthonormal (n, n) DCT-II matrix."""
+    k = np.arange(n)
+    m = np.sqrt(2.0 / n) * np.cos(np.pi * (2 * k[None] + 1) * k[:, None] / (2 * n))
+    m[0] /= np.sqrt(2.0)
+    return m
+
+
+_DCT = _dct_matrix()
+_HIGH = np.add.outer(np.arange(BLOCK), np.arange(BLOCK)) >= 5  # the high-frequency coefficients
+
+
+def jpeg_grid(image: Image.Image) -> float:
+    """How strongly an 8 x 8 JPEG grid shows in ``image`` (see the module doc): ~0 for an image never
+    JPEG-encoded, ~0.03-0.5 for a decoded JPEG; reads at most ``GRID_WINDOW + 8`` pixels per side."""
+    w, h = image.size
+    cw, ch = min(GRID_WINDOW + BLOCK, w), min(GRID_WINDOW + BLOCK, h)
+    if min(cw, ch) < 2 * BLOCK:
+        return 0.0  # too small to hold a grid at every offset
+    x, y = (w - cw) // 2, (h - ch) // 2
+    luma = np.asarray(image.crop((x, y, x + cw, y + ch)).convert("L"), dtype=np.float64) - 128.0
+    shares = np.empty((BLOCK, BLOCK))
+    for dy in range(BLOCK):
+        for dx in range(BLOCK):
+            part = luma[dy:, dx:]
+            rows, cols = part.shape[0] // BLOCK, part.shape[1] // BLOCK
+            blocks = part[:rows * BLOCK, :cols * BLOCK].reshape(rows, BLOCK, cols, BLOCK).swapaxes(1, 2)
+            coefficients = _DCT @ blocks.reshape(-1, BLOCK, BLOCK) @ _DCT.T
+            shares[dy, dx] = np.mean(np.abs(coefficients[:, _HIGH]) < 0.5)
+    best, second = np.sort(shares.ravel())[-2:][::-1]
+    return float(best - second)

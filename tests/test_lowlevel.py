@@ -165,3 +165,40 @@ def test_the_stream_map_is_one_affine_map_of_the_row(weight):
     plain = fit_geometry([ClassRows(mapped(k.features), k.image_ids) for k in classes], 20, 0)
     np.testing.assert_allclose(np.abs(g.project(test["a"])), np.abs(plain.project(mapped(test["a"]))),
                                rtol=1e-3, atol=1e-3)
+
+
+def _jpeg(image: Image.Image, quality: int) -> Image.Image:
+    import io
+
+    buf = io.BytesIO()
+    image.save(buf, "JPEG", quality=quality)
+    return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+
+
+def test_jpeg_grid_tells_decoded_jpegs_from_lossless_images_wherever_the_grid_lies():
+    from occ.lowlevel import JPEG_GRID_THRESHOLD, jpeg_grid
+
+    for seed in range(3):
+        clean = _photo(seed)
+        assert jpeg_grid(clean) == jpeg_grid(_photo(seed)) < JPEG_GRID_THRESHOLD
+        assert jpeg_grid(_upsampled(seed)) < JPEG_GRID_THRESHOLD  # repeated pixels raise several offsets alike: no JPEG
+        for quality in (95, 75, 60):
+            coded = _jpeg(clean, quality)
+            assert jpeg_grid(coded) >= JPEG_GRID_THRESHOLD, (seed, quality)
+            # a crop moves the grid off the origin: the trace is read at whichever offset it lies
+            assert jpeg_grid(coded.crop((3, 5, 280, 250))) >= JPEG_GRID_THRESHOLD, (seed, quality)
+        # a downscale after JPEG wipes the grid, and the trace with it
+        assert jpeg_grid(_jpeg(clean, 75).resize((150, 130), Image.Resampling.BICUBIC)) < JPEG_GRID_THRESHOLD
+
+
+def test_jpeg_grid_reads_only_a_centre_window_and_a_tiny_image_gives_zero():
+    from occ.lowlevel import GRID_WINDOW, jpeg_grid
+
+    wide = _jpeg(_photo(4, (4000, 300)), 75)
+    value, peak = traced_peak(lambda: jpeg_grid(wide))
+    assert peak < 20 * 2 ** 20, peak  # the whole image's DCT at 64 offsets would be gigabytes
+    w, h = wide.size
+    side = GRID_WINDOW + 8
+    x = (w - side) // 2
+    assert value == jpeg_grid(wide.crop((x, 0, x + side, h)))
+    assert jpeg_grid(Image.new("RGB", (15, 200))) == 0.0
