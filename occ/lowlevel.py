@@ -55,13 +55,18 @@ GRID_WINDOW = 256  # the largest centre window jpeg_grid reads, per side (native
 JPEG_GRID_THRESHOLD = 0.02
 
 
-def centre_window(image: Image.Image, window: int = WINDOW) -> np.ndarray:
-    """(h, w) float32 grey levels (mean of R, G, B) of the centre ``window`` x ``window`` pixels."""
+def _centre_crop(image: Image.Image, window: int) -> Image.Image:
+    """The centre ``window`` x ``window`` pixels of ``image`` (fewer along a shorter side), cut before any
+    conversion to an array."""
     w, h = image.size
     cw, ch = min(window, w), min(window, h)
     x, y = (w - cw) // 2, (h - ch) // 2
-    crop = image.crop((x, y, x + cw, y + ch)).convert("RGB")
-    return np.asarray(crop, dtype=np.float32).mean(-1)
+    return image.crop((x, y, x + cw, y + ch))
+
+
+def centre_window(image: Image.Image, window: int = WINDOW) -> np.ndarray:
+    """(h, w) float32 grey levels (mean of R, G, B) of the centre ``window`` x ``window`` pixels."""
+    return np.asarray(_centre_crop(image, window).convert("RGB"), dtype=np.float32).mean(-1)
 
 
 def laplacian_residual(grey: np.ndarray) -> np.ndarray:
@@ -125,12 +130,9 @@ _HIGH = np.add.outer(np.arange(BLOCK), np.arange(BLOCK)) >= 5  # the high-freque
 def jpeg_grid(image: Image.Image) -> float:
     """How strongly an 8 x 8 JPEG grid shows in ``image`` (see the module doc): ~0 for an image never
     JPEG-encoded, ~0.03-0.5 for a decoded JPEG; reads at most ``GRID_WINDOW + 8`` pixels per side."""
-    w, h = image.size
-    cw, ch = min(GRID_WINDOW + BLOCK, w), min(GRID_WINDOW + BLOCK, h)
-    if min(cw, ch) < 2 * BLOCK:
+    if min(image.size) < 2 * BLOCK:
         return 0.0  # too small to hold a grid at every offset
-    x, y = (w - cw) // 2, (h - ch) // 2
-    luma = np.asarray(image.crop((x, y, x + cw, y + ch)).convert("L"), dtype=np.float64) - 128.0
+    luma = np.asarray(_centre_crop(image, GRID_WINDOW + BLOCK).convert("L"), dtype=np.float64) - 128.0
     shares = np.empty((BLOCK, BLOCK))
     for dy in range(BLOCK):
         for dx in range(BLOCK):

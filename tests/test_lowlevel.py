@@ -168,11 +168,9 @@ def test_the_stream_map_is_one_affine_map_of_the_row(weight):
 
 
 def _jpeg(image: Image.Image, quality: int) -> Image.Image:
-    import io
+    from occ.perturb import Perturbation
 
-    buf = io.BytesIO()
-    image.save(buf, "JPEG", quality=quality)
-    return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+    return Perturbation("jpeg", quality).apply(image)
 
 
 def test_jpeg_grid_tells_decoded_jpegs_from_lossless_images_wherever_the_grid_lies():
